@@ -1,0 +1,44 @@
+"""Type stubs of the compiled extension module `mer._core`."""
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a GGUF file's header: version, file_size, alignment, data_offset, metadata and
+    tensors (name, shape innermost first, type, type_id, absolute offset, n_bytes)."""
+
+def dequantize_tensor(path: str | os.PathLike[str], name: str) -> npt.NDArray[np.float32]:
+    """Read one tensor and dequantize it to a flat float32 array, innermost dimension fastest."""
+
+class CoreModel:
+    """A loaded model and one context (KV cache) to run it in."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None: ...
+    def eval(
+        self, tokens: list[int], all_logits: bool = False, phase: str = "prompt"
+    ) -> npt.NDArray[np.float32]:
+        """Process tokens after those in the context; return logits of shape (rows, n_vocab)."""
+    def reset(self) -> None:
+        """Empty the context."""
+    @property
+    def n_past(self) -> int:
+        """Tokens in the context."""
+    def reset_stats(self) -> None:
+        """Zero the run statistics."""
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """GGUF metadata as plain Python values."""
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's shape."""
+    def stats(self) -> dict[str, Any]:
+        """Memory, threads, and tokens and time per phase."""
+
+def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe a model without reading its weights: config, resident_bytes, expert_bytes,
+    bytes_per_expert and tensor_types (count and bytes per type)."""

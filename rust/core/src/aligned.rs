@@ -1,0 +1,68 @@
+//! Heap buffers with a chosen alignment, for tensor data and expert slots.
+//!
+//! Tensor offsets in GGUF are multiples of the file's alignment (32 by default), so a tensor read
+//! into a buffer aligned to at least that keeps its f32 and f16 elements naturally aligned.
+//! O_DIRECT reads need 4096-byte alignment, which the slot pool asks for.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+/// An owned, zero-initialised byte buffer whose start is aligned to `align` bytes.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>, so moving it to or sharing
+// it between threads is as safe as for Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out &[u8].
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Allocates `len` zeroed bytes aligned to `align` (a power of two). Returns `None` when the
+    /// allocation fails or the layout is invalid.
+    pub fn new(len: usize, align: usize) -> Option<Self> {
+        // A zero-sized allocation is undefined for the global allocator, so allocate one block.
+        let layout = Layout::from_size_align(len.max(align), align).ok()?;
+        // SAFETY: the layout has a non-zero size (at least `align`, which is >= 1).
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        Some(AlignedBuf { ptr, len, layout })
+    }
+
+    /// The buffer's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to an allocation of at least `len` initialised (zeroed) bytes that
+        // lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was returned by `alloc_zeroed` with exactly this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}

@@ -1,0 +1,70 @@
+//! The one error type of the core crate.
+//!
+//! Each variant maps to one Python exception class in the binding crate, and each message names
+//! the file, the key or tensor, and the byte offset or value that was wrong.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the core crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while opening a model or running it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system failed a file operation (open, stat, read).
+    #[error("{path}: {context}: {source}")]
+    Io {
+        /// The file the operation was on.
+        path: PathBuf,
+        /// What MER was doing, such as "reading tensor blk.0.attn_q.weight at offset 1234".
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// The file is not a valid GGUF model: truncated, inconsistent or out of range.
+    #[error("{path}: invalid GGUF at byte offset {offset}: {message}")]
+    Format {
+        /// The model file.
+        path: PathBuf,
+        /// Byte offset in the file where the problem was found.
+        offset: u64,
+        /// What is wrong, naming the key or tensor.
+        message: String,
+    },
+
+    /// The file is valid GGUF, but uses an architecture, tensor type or layout MER does not run.
+    #[error("{path}: {message}")]
+    Unsupported {
+        /// The model file.
+        path: PathBuf,
+        /// What is not supported, naming the key, tensor or type.
+        message: String,
+    },
+
+    /// A caller passed an invalid value, such as a token id outside the vocabulary.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The context window is full.
+    #[error("context is full: {n_ctx} tokens is the maximum for this model; start a new context")]
+    ContextFull {
+        /// The maximum number of tokens in one context.
+        n_ctx: usize,
+    },
+}
+
+impl Error {
+    pub(crate) fn format(path: &Path, offset: u64, message: impl Into<String>) -> Self {
+        Error::Format { path: path.to_path_buf(), offset, message: message.into() }
+    }
+
+    pub(crate) fn unsupported(path: &Path, message: impl Into<String>) -> Self {
+        Error::Unsupported { path: path.to_path_buf(), message: message.into() }
+    }
+
+    pub(crate) fn io(path: &Path, context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), context: context.into(), source }
+    }
+}

@@ -1,0 +1,221 @@
+//! A llama-architecture model, dense or MoE: its config, resident weights, expert store and the
+//! forward pass.
+
+pub mod config;
+pub mod experts;
+pub mod forward;
+pub mod kv_cache;
+pub mod tensors;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+use crate::stats::{Phase, RunStats};
+use crate::store::resident::ResidentStore;
+use crate::store::ExpertStore;
+pub use config::Config;
+pub use kv_cache::KvCache;
+use tensors::TensorLoader;
+use weights::ResidentWeights;
+
+/// Options for opening a model.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOptions {
+    /// Compute threads; `None` uses the number of physical cores.
+    pub threads: Option<usize>,
+}
+
+/// Which logits a call to [`Model::eval`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// One row per token.
+    All,
+    /// Only the row of the last token.
+    Last,
+}
+
+/// An open model: resident weights in RAM, experts behind the expert store.
+pub struct Model {
+    pub gguf: GgufFile,
+    pub config: Config,
+    weights: ResidentWeights,
+    store: Box<dyn ExpertStore>,
+    rope_inv_freq: Vec<f32>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    expert_file_bytes: u64,
+    stats: Mutex<RunStats>,
+}
+
+impl Model {
+    /// Opens a GGUF model, checks every tensor it needs and reads the weights.
+    pub fn open(path: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
+        let gguf = GgufFile::open(path)?;
+        let loader = TensorLoader::new(&gguf)?;
+
+        let embd = gguf
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::format(&gguf.path, 0, "missing tensor token_embd.weight"))?;
+        let n_vocab = match embd.dims.as_slice() {
+            [_, n] => *n as usize,
+            dims => {
+                return Err(Error::format(&gguf.path, embd.index_offset, format!("tensor token_embd.weight has shape {dims:?}")))
+            }
+        };
+        let config = Config::from_gguf(&gguf, n_vocab)?;
+
+        let weights = ResidentWeights::load(&loader, &config)?;
+        let ranges = experts::locate_experts(&loader, &config)?;
+        loader.reject_unused()?;
+        let expert_file_bytes = ranges.iter().flatten().map(|r| r.n_bytes()).sum();
+        let store = ResidentStore::load(&loader, ranges)?;
+
+        let threads = options.threads.unwrap_or_else(physical_cores).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("mer-compute-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("failed to start {threads} compute threads: {e}")))?;
+
+        let rope_inv_freq = forward::rope_inv_freq(&config);
+        drop(loader);
+        Ok(Model {
+            gguf,
+            config,
+            weights,
+            store: Box::new(store),
+            rope_inv_freq,
+            pool,
+            threads,
+            expert_file_bytes,
+            stats: Mutex::new(RunStats::default()),
+        })
+    }
+
+    /// A new, empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer, self.config.n_head_kv * self.config.head_dim, self.config.n_ctx)
+    }
+
+    /// Processes `tokens` after the ones already in `kv` and returns logits, `n_vocab` floats
+    /// per returned row. Time and token counts go to the stats of `phase`.
+    ///
+    /// If a token fails, the tokens before it stay in `kv` and the failed one leaves no trace.
+    pub fn eval(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, phase: Phase) -> Result<Vec<f32>> {
+        let start = Instant::now();
+        let n = tokens.len();
+        let result = self.pool.install(|| {
+            let mut out = Vec::with_capacity(if logits == Logits::All { n * self.config.n_vocab } else { self.config.n_vocab });
+            for (i, &token) in tokens.iter().enumerate() {
+                let want = logits == Logits::All || i + 1 == n;
+                match self.forward_token(kv, token, want) {
+                    Ok(Some(row)) => out.extend_from_slice(&row),
+                    Ok(None) => {}
+                    Err(e) => {
+                        kv.truncate_partial();
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(out)
+        });
+        self.stats.lock().unwrap().record(phase, n, start.elapsed());
+        result
+    }
+
+    /// A copy of the run statistics.
+    pub fn stats(&self) -> RunStats {
+        self.stats.lock().unwrap().clone()
+    }
+
+    /// Resets the run statistics.
+    pub fn reset_stats(&self) {
+        *self.stats.lock().unwrap() = RunStats::default();
+    }
+
+    /// Compute threads in use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Bytes of resident weights in RAM.
+    pub fn resident_bytes(&self) -> u64 {
+        self.weights.n_bytes()
+    }
+
+    /// Bytes of expert weights in the file (the dense FFNs, for a dense model).
+    pub fn expert_bytes(&self) -> u64 {
+        self.expert_file_bytes
+    }
+
+    /// Bytes of RAM the expert store holds.
+    pub fn expert_ram_bytes(&self) -> u64 {
+        self.store.expert_ram_bytes()
+    }
+}
+
+/// What `describe` reports about a model file without reading its weights.
+#[derive(Clone, Debug)]
+pub struct ModelSummary {
+    pub config: Config,
+    /// Bytes of every tensor that is not an expert.
+    pub resident_bytes: u64,
+    /// Bytes of all experts (the dense FFNs, for a dense model).
+    pub expert_bytes: u64,
+    /// Bytes of one expert (gate, up and down).
+    pub bytes_per_expert: u64,
+    /// Tensor count and bytes per tensor type name.
+    pub tensor_types: std::collections::BTreeMap<String, (usize, u64)>,
+}
+
+/// Reads a model's header and locates its experts, without reading any weights.
+pub fn describe(path: impl AsRef<Path>) -> Result<ModelSummary> {
+    let gguf = GgufFile::open(path)?;
+    let loader = TensorLoader::new(&gguf)?;
+    let embd = gguf
+        .tensor("token_embd.weight")
+        .ok_or_else(|| Error::format(&gguf.path, 0, "missing tensor token_embd.weight"))?;
+    let n_vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
+    let config = Config::from_gguf(&gguf, n_vocab)?;
+    let ranges = experts::locate_experts(&loader, &config)?;
+    let expert_bytes: u64 = ranges.iter().flatten().map(|r| r.n_bytes()).sum();
+    let bytes_per_expert = ranges.first().and_then(|l| l.first()).map_or(0, |r| r.n_bytes());
+    let total: u64 = gguf.tensors.iter().map(|t| t.n_bytes).sum();
+    let mut tensor_types = std::collections::BTreeMap::new();
+    for t in &gguf.tensors {
+        let entry = tensor_types.entry(t.ggml_type.name()).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += t.n_bytes;
+    }
+    Ok(ModelSummary { config, resident_bytes: total - expert_bytes, expert_bytes, bytes_per_expert, tensor_types })
+}
+
+/// Counts physical cores from /proc/cpuinfo, falling back to the logical CPU count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let mut physical_id = "";
+    for line in cpuinfo.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        match key.trim() {
+            "physical id" => physical_id = value.trim(),
+            "core id" => {
+                cores.insert((physical_id.to_string(), value.trim().to_string()));
+            }
+            _ => {}
+        }
+    }
+    // Containers can restrict the CPUs a process may use below what /proc/cpuinfo lists.
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical)
+    }
+}

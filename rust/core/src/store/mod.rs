@@ -1,0 +1,70 @@
+//! The expert store: where the forward pass gets expert weights from.
+//!
+//! The forward pass names the experts a layer's router picked and receives their gate, up and
+//! down matrices for the duration of a closure. What sits behind [`ExpertStore`] decides where
+//! those bytes live. [`resident::ResidentStore`] reads every expert into RAM once at start. A
+//! dense model's FFN is one expert per layer that is always selected, so dense and MoE models
+//! take the same path.
+
+pub mod resident;
+
+use crate::error::Result;
+use crate::quant::{GgmlType, MatRef};
+
+/// An expert: (layer, index within the layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExpertId {
+    pub layer: usize,
+    pub expert: usize,
+}
+
+/// Where one expert matrix lies in the model file.
+#[derive(Clone, Debug)]
+pub struct TensorRange {
+    /// Name of the tensor the range belongs to, for error messages.
+    pub tensor: String,
+    /// Absolute byte offset in the file.
+    pub offset: u64,
+    pub n_bytes: u64,
+    pub ggml_type: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// The three byte ranges of one expert in the model file.
+#[derive(Clone, Debug)]
+pub struct ExpertRanges {
+    pub gate: TensorRange,
+    pub up: TensorRange,
+    pub down: TensorRange,
+}
+
+impl ExpertRanges {
+    /// Bytes of the three ranges together.
+    pub fn n_bytes(&self) -> u64 {
+        self.gate.n_bytes + self.up.n_bytes + self.down.n_bytes
+    }
+}
+
+/// One expert's matrices, borrowed from wherever the store keeps them.
+#[derive(Clone, Copy)]
+pub struct ExpertWeights<'a> {
+    pub gate: MatRef<'a>,
+    pub up: MatRef<'a>,
+    pub down: MatRef<'a>,
+}
+
+/// Access to expert weights for the forward pass.
+pub trait ExpertStore: Send + Sync {
+    /// Calls `f` with the weights of `experts` of `layer`, in the order given. The experts stay
+    /// available until `f` returns.
+    fn with_experts(
+        &self,
+        layer: usize,
+        experts: &[usize],
+        f: &mut dyn FnMut(&[ExpertWeights<'_>]) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Bytes of RAM the store holds for expert weights.
+    fn expert_ram_bytes(&self) -> u64;
+}

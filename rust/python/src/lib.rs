@@ -1,0 +1,302 @@
+//! The `mer._core` extension module: PyO3 classes over `mer-core`.
+//!
+//! This crate only converts arguments, releases the GIL around long calls, calls the core and
+//! maps its errors to the exception classes of `mer.errors`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use mer_core::gguf::{GgufFile, MetaValue};
+use mer_core::model::KvCache;
+use mer_core::quant::dequantize;
+use mer_core::{Error, Logits, Model, ModelOptions, Phase};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+/// Builds an exception of class `name` from `mer.errors`.
+fn mer_exception(py: Python<'_>, name: &str, message: String) -> PyErr {
+    let class = py.import("mer.errors").and_then(|m| m.getattr(name));
+    match class.and_then(|c| c.call1((message.clone(),))) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+/// Maps a core error to the matching Python exception.
+fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
+    let message = error.to_string();
+    match error {
+        Error::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
+            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
+            _ => PyOSError::new_err(message),
+        },
+        Error::Format { .. } => mer_exception(py, "ModelFormatError", message),
+        Error::Unsupported { .. } => mer_exception(py, "UnsupportedModelError", message),
+        Error::InvalidArgument(_) => PyValueError::new_err(message),
+        Error::ContextFull { .. } => mer_exception(py, "ContextFullError", message),
+    }
+}
+
+/// Runs `f` with the GIL released, turning a core error into its Python exception and a panic
+/// into `mer.errors.MerError`, so no panic unwinds into Python. Use it for every call that reads
+/// files or computes.
+fn run_detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> mer_core::Result<T> + Send) -> PyResult<T> {
+    let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(f)));
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(to_py_err(py, error)),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(mer_exception(py, "MerError", format!("internal error in the MER core: {detail}")))
+        }
+    }
+}
+
+fn meta_to_py<'py>(py: Python<'py>, value: &MetaValue) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        MetaValue::U8(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::I8(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::U16(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::I16(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::U32(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::I32(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::U64(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::I64(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::F32(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::F64(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::Bool(v) => v.into_pyobject(py)?.to_owned().into_any(),
+        MetaValue::String(v) => v.into_pyobject(py)?.into_any(),
+        MetaValue::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(meta_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+    })
+}
+
+fn metadata_dict<'py>(py: Python<'py>, gguf: &GgufFile) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (key, value) in &gguf.metadata {
+        dict.set_item(key, meta_to_py(py, value)?)?;
+    }
+    Ok(dict)
+}
+
+/// Parses a GGUF file's header and returns its version, alignment, data offset, metadata and
+/// tensor index (name, shape innermost first, type name, type id, absolute offset, bytes).
+#[pyfunction]
+fn read_gguf<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let gguf = run_detached(py, || GgufFile::open(&path))?;
+    let out = PyDict::new(py);
+    out.set_item("path", gguf.path.to_string_lossy().into_owned())?;
+    out.set_item("version", gguf.version)?;
+    out.set_item("file_size", gguf.file_size)?;
+    out.set_item("alignment", gguf.alignment)?;
+    out.set_item("data_offset", gguf.data_offset)?;
+    out.set_item("metadata", metadata_dict(py, &gguf)?)?;
+    let tensors = PyList::empty(py);
+    for t in &gguf.tensors {
+        let entry = PyDict::new(py);
+        entry.set_item("name", &t.name)?;
+        entry.set_item("shape", t.dims.clone())?;
+        entry.set_item("type", t.ggml_type.name())?;
+        entry.set_item("type_id", t.ggml_type.0)?;
+        entry.set_item("offset", t.offset)?;
+        entry.set_item("n_bytes", t.n_bytes)?;
+        tensors.append(entry)?;
+    }
+    out.set_item("tensors", tensors)?;
+    Ok(out)
+}
+
+/// Reads one tensor of a GGUF file and dequantizes it to a flat float32 array (innermost
+/// dimension fastest, as the file stores it).
+#[pyfunction]
+fn dequantize_tensor<'py>(py: Python<'py>, path: std::path::PathBuf, name: String) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let values = run_detached(py, || {
+        let gguf = GgufFile::open(&path)?;
+        let info = gguf
+            .tensor(&name)
+            .ok_or_else(|| Error::InvalidArgument(format!("{}: no tensor named {name}", path.display())))?;
+        if !info.ggml_type.is_supported() {
+            return Err(Error::Unsupported {
+                path: path.clone(),
+                message: format!("tensor {name} has type {}, which MER cannot dequantize", info.ggml_type),
+            });
+        }
+        let mut data = vec![0u8; info.n_bytes as usize];
+        let file = std::fs::File::open(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            context: "failed to open the model file".into(),
+            source: e,
+        })?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut data, info.offset).map_err(|e| Error::Io {
+            path: path.clone(),
+            context: format!("failed to read tensor {name} at offset {}", info.offset),
+            source: e,
+        })?;
+        let mut out = vec![0.0f32; info.n_elements() as usize];
+        dequantize(info.ggml_type, &data, &mut out);
+        Ok(out)
+    })?;
+    Ok(values.into_pyarray(py))
+}
+
+fn config_dict<'py>(py: Python<'py>, c: &mer_core::model::Config) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("architecture", &c.architecture)?;
+    out.set_item("n_layer", c.n_layer)?;
+    out.set_item("n_embd", c.n_embd)?;
+    out.set_item("n_head", c.n_head)?;
+    out.set_item("n_head_kv", c.n_head_kv)?;
+    out.set_item("head_dim", c.head_dim)?;
+    out.set_item("n_vocab", c.n_vocab)?;
+    out.set_item("n_ctx", c.n_ctx)?;
+    out.set_item("n_expert", c.n_expert)?;
+    out.set_item("n_expert_used", c.n_expert_used)?;
+    out.set_item("rope_freq_base", c.rope_freq_base)?;
+    out.set_item("rope_dim", c.rope_dim)?;
+    out.set_item("rms_eps", c.rms_eps)?;
+    Ok(out)
+}
+
+/// Describes a model file without reading its weights: config, resident and expert bytes, bytes
+/// per expert, and tensor count and bytes per type.
+#[pyfunction]
+fn describe_model<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let summary = run_detached(py, || mer_core::model::describe(&path))?;
+    let out = PyDict::new(py);
+    out.set_item("config", config_dict(py, &summary.config)?)?;
+    out.set_item("resident_bytes", summary.resident_bytes)?;
+    out.set_item("expert_bytes", summary.expert_bytes)?;
+    out.set_item("bytes_per_expert", summary.bytes_per_expert)?;
+    let types = PyDict::new(py);
+    for (name, (count, bytes)) in &summary.tensor_types {
+        let entry = PyDict::new(py);
+        entry.set_item("tensors", count)?;
+        entry.set_item("bytes", bytes)?;
+        types.set_item(name, entry)?;
+    }
+    out.set_item("tensor_types", types)?;
+    Ok(out)
+}
+
+/// A loaded model and one context (KV cache) to run it in.
+#[pyclass(frozen, module = "mer._core")]
+struct CoreModel {
+    model: Model,
+    kv: Mutex<KvCache>,
+}
+
+#[pymethods]
+impl CoreModel {
+    /// Opens the GGUF model at `path`, using `threads` compute threads (default: physical cores).
+    #[new]
+    #[pyo3(signature = (path, threads=None))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, threads: Option<usize>) -> PyResult<Self> {
+        if threads == Some(0) {
+            return Err(PyValueError::new_err("threads must be at least 1"));
+        }
+        let model = run_detached(py, || Model::open(&path, ModelOptions { threads }))?;
+        let kv = Mutex::new(model.new_cache());
+        Ok(CoreModel { model, kv })
+    }
+
+    /// Processes `tokens` after those already in the context and returns float32 logits of
+    /// shape (len(tokens), n_vocab), or (1, n_vocab) for the last token only when `all_logits`
+    /// is false. `phase` is "prompt" or "decode" and selects which statistics the call counts in.
+    #[pyo3(signature = (tokens, all_logits=false, phase="prompt"))]
+    fn eval<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: Vec<u32>,
+        all_logits: bool,
+        phase: &str,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        if tokens.is_empty() {
+            return Err(PyValueError::new_err("eval needs at least one token"));
+        }
+        let phase = match phase {
+            "prompt" => Phase::Prompt,
+            "decode" => Phase::Decode,
+            other => return Err(PyValueError::new_err(format!("phase must be \"prompt\" or \"decode\", not {other:?}"))),
+        };
+        let mode = if all_logits { Logits::All } else { Logits::Last };
+        let rows = if all_logits { tokens.len() } else { 1 };
+        let n_vocab = self.model.config.n_vocab;
+        let logits = run_detached(py, || {
+            let mut kv = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.model.eval(&mut kv, &tokens, mode, phase)
+        })?;
+        let array = Array2::from_shape_vec((rows, n_vocab), logits).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(array.into_pyarray(py))
+    }
+
+    /// Empties the context, so the next `eval` starts at position 0.
+    fn reset(&self) {
+        self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// Tokens in the context.
+    #[getter]
+    fn n_past(&self) -> usize {
+        self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+
+    /// Resets the run statistics.
+    fn reset_stats(&self) {
+        self.model.reset_stats();
+    }
+
+    /// GGUF metadata as a dict of plain Python values.
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        metadata_dict(py, &self.model.gguf)
+    }
+
+    /// The model's shape: architecture, layers, widths, heads, experts, context and vocabulary.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        config_dict(py, &self.model.config)
+    }
+
+    /// Statistics of this model's runs: memory, threads, and tokens and time per phase.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.model.stats();
+        let kv_bytes = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).n_bytes();
+        let out = PyDict::new(py);
+        out.set_item("threads", self.model.threads())?;
+        out.set_item("resident_bytes", self.model.resident_bytes())?;
+        out.set_item("expert_bytes", self.model.expert_bytes())?;
+        out.set_item("expert_ram_bytes", self.model.expert_ram_bytes())?;
+        out.set_item("kv_cache_bytes", kv_bytes)?;
+        out.set_item("prompt_tokens", s.prompt_tokens)?;
+        out.set_item("prompt_s", s.prompt_s)?;
+        out.set_item("prompt_tokens_per_s", s.prompt_tokens_per_s())?;
+        out.set_item("decode_tokens", s.decode_tokens)?;
+        out.set_item("decode_s", s.decode_s)?;
+        out.set_item("decode_tokens_per_s", s.decode_tokens_per_s())?;
+        Ok(out)
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    pyo3_log::init();
+    m.add_class::<CoreModel>()?;
+    m.add_function(wrap_pyfunction!(read_gguf, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(describe_model, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
