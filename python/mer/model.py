@@ -171,6 +171,10 @@ class Generation:
             if found:
                 self.stop_reason = "stop"
                 break
+            if len(self.generated_ids) >= self._max_tokens:
+                # The last token needs no forward pass: nothing will be sampled after it.
+                self.stop_reason = "length"
+                break
 
             try:
                 logits = core.eval([token], all_logits=False, phase="decode")[0]

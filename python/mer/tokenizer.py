@@ -44,7 +44,7 @@ class ChatTemplateError(MerError):
 
 
 class TokenType(enum.IntEnum):
-    """Token type, the values of ``tokenizer.ggml.token_type`` (llama.cpp's ``llama_token_type``)."""
+    """Token type: the values of ``tokenizer.ggml.token_type``, as llama.cpp numbers them."""
 
     UNDEFINED = 0
     NORMAL = 1
@@ -100,7 +100,7 @@ _DEFAULT_REGEXES = (
 
 @dataclass(frozen=True)
 class _BpeVariant:
-    """How llama.cpp tokenizes the ``gpt2`` model for one ``tokenizer.ggml.pre`` family."""
+    """Settings that llama.cpp applies to the ``gpt2`` model for one family of pre-tokenizers."""
 
     regexes: tuple[str, ...]
     # A pre-token that is itself in the vocabulary becomes one token without running the merges.
@@ -203,6 +203,8 @@ class _Metadata:
         if key not in self._metadata:
             self.fail(key, "is missing")
         value = self._metadata[key]
+        if hasattr(value, "tolist"):
+            value = value.tolist()  # a NumPy array, as some GGUF readers return
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             self.fail(key, f"must be an array, got {type(value).__name__}")
         if length is not None and len(value) != length:
@@ -295,15 +297,7 @@ class Tokenizer:
         if add_eos and eos_id is None:
             meta.fail("tokenizer.ggml.eos_token_id", "is missing, but add_eos_token is true")
 
-        eog_ids = {token_id for token_id in (eos_id,) if token_id is not None}
-        for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-            token_id = meta.token_id(key, n_vocab)
-            if token_id is not None:
-                eog_ids.add(token_id)
-        for token_id, text in enumerate(tokens):
-            if token_types[token_id] == TokenType.CONTROL and text in _EOG_TEXTS:
-                eog_ids.add(token_id)
-
+        eog_ids = _read_eog_ids(meta, tokens, token_types, eos_id)
         pieces = [_token_piece(text, kind, model) for text, kind in zip(tokens, token_types)]
 
         return cls(
@@ -313,7 +307,7 @@ class Tokenizer:
             pieces=pieces,
             bos_id=bos_id,
             eos_id=eos_id,
-            eog_ids=frozenset(eog_ids),
+            eog_ids=eog_ids,
             add_bos=add_bos,
             add_eos=add_eos,
             strips_prefix_space=strips_prefix_space,
@@ -392,7 +386,7 @@ class Tokenizer:
     ) -> str:
         """Render ``messages`` with the model's chat template into a prompt string.
 
-        Each message is a dict such as ``{"role": "user", "content": "Hi"}``. The template sees
+        Each message is a dict such as ``{"role": "user", "content": "Hi"}``. The template gets
         ``messages``, ``add_generation_prompt``, ``bos_token``, ``eos_token`` and any extra
         ``variables`` (for example ``tools``), as in Hugging Face ``apply_chat_template``. The
         result is meant for `encode` with ``add_special=False`` when the template writes BOS.
@@ -544,6 +538,22 @@ def _read_token_types(meta: _Metadata, n_vocab: int) -> list[TokenType]:
     return token_types
 
 
+def _read_eog_ids(
+    meta: _Metadata, tokens: list[str], token_types: list[TokenType], eos_id: int | None
+) -> frozenset[int]:
+    eog_ids = set()
+    if eos_id is not None:
+        eog_ids.add(eos_id)
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        token_id = meta.token_id(key, len(tokens))
+        if token_id is not None:
+            eog_ids.add(token_id)
+    for token_id, text in enumerate(tokens):
+        if token_types[token_id] == TokenType.CONTROL and text in _EOG_TEXTS:
+            eog_ids.add(token_id)
+    return frozenset(eog_ids)
+
+
 def _bpe_variant(meta: _Metadata) -> _BpeVariant:
     pre = meta.string("tokenizer.ggml.pre")
     if pre is None:
@@ -582,7 +592,9 @@ def _build_gpt2_backend(
         seen.add(pair)
         merges.append(pair)
     if n_unusable:
-        logger.debug("%s: ignored %d merges with tokens outside the vocabulary", meta.source, n_unusable)
+        logger.debug(
+            "%s: ignored %d merges with tokens outside the vocabulary", meta.source, n_unusable
+        )
 
     backend = HFTokenizer(models.BPE(vocab, merges, ignore_merges=variant.ignore_merges))
     splits = [
@@ -641,8 +653,8 @@ def _spm_merges(
     """
     ranked: list[tuple[float, int, int]] = []
     for token_id, text in enumerate(tokens):
-        # Control, byte and unused tokens are never built from plain text. llama.cpp would
-        # build them, so "<s>" typed by a user could become BOS even without parse_special.
+        # Only normal and user-defined tokens are built from plain text. llama.cpp also builds
+        # control tokens, so "<s>" typed by a user could become BOS even without parse_special.
         if token_types[token_id] not in (TokenType.NORMAL, TokenType.USER_DEFINED):
             continue
         for split in range(1, len(text)):
@@ -673,7 +685,7 @@ def _add_special_tokens(
 
 
 def _token_piece(text: str, kind: TokenType, model: str) -> bytes:
-    """Return the bytes one token stands for, following llama.cpp's token_to_piece."""
+    """Return the bytes that one token decodes to, following llama.cpp's token_to_piece."""
     if kind in _ADDED_TYPES:
         return text.encode("utf-8")
     if kind == TokenType.NORMAL and model == "gpt2":

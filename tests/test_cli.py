@@ -1,0 +1,95 @@
+"""The command-line interface, run as a user runs it: `python -m mer ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fixtures import write_llama_gguf
+
+
+def run_mer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mer", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    result = run_mer("--help")
+    assert result.returncode == 0
+    for command in ("generate", "info", "pull"):
+        assert command in result.stdout
+
+
+def test_generate_help_explains_options():
+    result = run_mer("generate", "--help")
+    assert result.returncode == 0
+    for option in ("--max-tokens", "--temperature", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
+                   "--seed", "--stop", "--chat", "--threads", "--json", "--model"):
+        assert option in result.stdout
+
+
+def test_generate_streams_text_to_stdout(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "The capital of France is",
+                     "-n", "4", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == " Paris.\n\n"
+    assert "run summary" in result.stderr
+
+
+def test_generate_chat_uses_template(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "What is 2+2?", "--chat",
+                     "-n", "16", "--temperature", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    # The template adds SmolLM2's default system message, then the user turn.
+    assert output["prompt_ids"][0] == 1
+    assert output["prompt_ids"][-3:] == [520, 9531, 198]
+    assert output["stop_reason"] == "eog"
+    assert "<|im_end|>" not in output["text"]
+
+
+def test_info_reports_model(smollm2_file):
+    result = run_mer("info", str(smollm2_file))
+    assert result.returncode == 0, result.stderr
+    assert "llama" in result.stdout
+    assert "30" in result.stdout
+    assert "Q4_1" in result.stdout and "Q8_0" in result.stdout
+    assert "resident bytes" in result.stdout and "expert bytes" in result.stdout
+
+
+def test_info_json_counts_experts(tmp_path):
+    path = write_llama_gguf(tmp_path / "moe.gguf", kind="moe_merged", dtype="q8_0")
+    result = run_mer("info", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["config"]["n_expert"] == 4
+    assert info["config"]["n_expert_used"] == 2
+    total = sum(entry["bytes"] for entry in info["tensor_types"].values())
+    assert info["resident_bytes"] + info["expert_bytes"] == total
+    assert info["expert_bytes"] == info["bytes_per_expert"] * 4 * info["config"]["n_layer"]
+
+
+@pytest.mark.parametrize("command", [["info"], ["generate", "--prompt", "hi", "--model"]])
+def test_missing_file_is_clear_error(tmp_path, command):
+    missing = str(tmp_path / "nope.gguf")
+    result = run_mer(*command, missing)
+    assert result.returncode == 1
+    assert "nope.gguf" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_file_is_clear_error(tmp_path):
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(b"NOPE" + bytes(60))
+    result = run_mer("generate", "--model", str(path), "--prompt", "hi")
+    assert result.returncode == 1
+    assert "not a GGUF file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_sampling_value_is_clear_error(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "hi", "--top-p", "0")
+    assert result.returncode == 1
+    assert "top_p" in result.stderr
