@@ -208,3 +208,38 @@ fn add_into(x: &mut [f32], y: &[f32]) {
         *a += b;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_renormalizes_top_k() {
+        let (experts, weights) = route(&[0.0, 2.0, 1.0, 2.0], 2);
+        assert_eq!(experts, vec![1, 3]);
+        assert!((weights[0] - 0.5).abs() < 1e-6 && (weights[1] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn route_breaks_ties_by_lower_index() {
+        let (experts, weights) = route(&[0.0; 8], 3);
+        assert_eq!(experts, vec![0, 1, 2]);
+        assert!(weights.iter().all(|&w| (w - 1.0 / 3.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn softmax_sums_to_one_for_large_values() {
+        let mut x = vec![1000.0, 1001.0, 999.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn rmsnorm_of_constant_is_weight() {
+        let out = rmsnorm(&[3.0; 4], &[1.0, 2.0, 3.0, 4.0], 0.0);
+        for (o, w) in out.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+            assert!((o - w).abs() < 1e-6);
+        }
+    }
+}
