@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,11 +41,11 @@ class Model:
                 "%s: the tokenizer has %d tokens but the embedding has %d rows",
                 self.path, self.tokenizer.n_vocab, self.config["n_vocab"],
             )
+        stats = self._core.stats()
         log.info(
             "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB, %d threads",
             self.path.name, self.config["architecture"], self.config["n_layer"], _describe_experts(self.config),
-            self._core.stats()["resident_bytes"] / 1e6, self._core.stats()["expert_bytes"] / 1e6,
-            self._core.stats()["threads"],
+            stats["resident_bytes"] / 1e6, stats["expert_bytes"] / 1e6, stats["threads"],
         )
 
     @property
@@ -55,7 +54,7 @@ class Model:
         return int(self.config["n_vocab"])
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        """Convert text to token ids. `add_special` adds BOS/EOS as the model's metadata asks, and
+        """Convert text to token ids. `add_special` adds BOS/EOS where the model's metadata requests them, and
         `parse_special` turns special-token text such as "<|im_start|>" into its single id."""
         return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
 
@@ -204,13 +203,13 @@ def _stop_scan(text: str, stops: list[str], emitted: int) -> tuple[int, bool]:
     hits = [i for i in (text.find(s, search_from) for s in stops) if i >= 0]
     if hits:
         return max(min(hits), emitted), True
-    held = 0
+    held_back = 0
     for s in stops:
-        for n in range(min(len(s) - 1, len(text)), held, -1):
+        for n in range(min(len(s) - 1, len(text)), held_back, -1):
             if text.endswith(s[:n]):
-                held = n
+                held_back = n
                 break
-    return max(len(text) - held, emitted), False
+    return max(len(text) - held_back, emitted), False
 
 
 def _describe_experts(config: dict[str, Any]) -> str:
@@ -227,11 +226,3 @@ def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
         stats["decode_tokens_per_s"], stop_reason, stats["threads"], stats["resident_bytes"] / 1e6,
         stats["expert_ram_bytes"] / 1e6, stats["kv_cache_bytes"] / 1e6,
     )
-
-
-def model_path_for_display(path: Path) -> str:
-    """Return `path` with the home directory shortened to ~."""
-    try:
-        return "~/" + str(path.relative_to(Path.home()))
-    except ValueError:
-        return str(path)
