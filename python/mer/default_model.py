@@ -48,7 +48,10 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
     if path is not None:
         return Path(path)
     if os.environ.get("MER_MODEL"):
-        return Path(os.environ["MER_MODEL"])
+        from_env = Path(os.environ["MER_MODEL"])
+        if not from_env.exists():
+            raise FileNotFoundError(f"{from_env}: model file not found (the path comes from $MER_MODEL)")
+        return from_env
     return pull()
 
 

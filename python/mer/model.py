@@ -101,6 +101,7 @@ class Model:
         prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not prompt_ids:
             raise ValueError("the prompt is empty: it has no tokens to start from")
+        log.debug("prompt: %d tokens %s; sampling: %s; stop strings: %r", len(prompt_ids), prompt_ids, settings, list(stop))
         return Generation(self, prompt_ids, max_tokens, Sampler(settings), [s for s in stop if s])
 
     def stats(self) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def _stop_scan(text: str, stops: list[str], emitted: int) -> tuple[int, bool]:
 def _describe_experts(config: dict[str, Any]) -> str:
     if config["n_expert"]:
         return f"{config['n_expert']} experts per layer, {config['n_expert_used']} used"
-    return "dense"
+    return "dense (each FFN is one always-used expert)"
 
 
 def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:

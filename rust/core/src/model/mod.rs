@@ -54,7 +54,16 @@ pub struct Model {
 impl Model {
     /// Opens a GGUF model, checks every tensor it needs and reads the weights.
     pub fn open(path: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
+        let start = Instant::now();
         let gguf = GgufFile::open(path)?;
+        log::debug!(
+            "{}: GGUF v{}, {} metadata keys, {} tensors, data at byte {}",
+            gguf.path.display(),
+            gguf.version,
+            gguf.metadata.len(),
+            gguf.tensors.len(),
+            gguf.data_offset
+        );
         let loader = TensorLoader::new(&gguf)?;
 
         let embd = gguf
@@ -83,6 +92,12 @@ impl Model {
 
         let rope_inv_freq = forward::rope_inv_freq(&config);
         drop(loader);
+        log::debug!(
+            "read {} bytes of resident weights and {} bytes of experts in {:.2} s; {threads} compute threads",
+            weights.n_bytes(),
+            store.expert_ram_bytes(),
+            start.elapsed().as_secs_f64()
+        );
         Ok(Model {
             gguf,
             config,
