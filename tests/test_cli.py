@@ -91,5 +91,6 @@ def test_malformed_file_is_clear_error(tmp_path):
 
 def test_invalid_sampling_value_is_clear_error(smollm2_file):
     result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "hi", "--top-p", "0")
-    assert result.returncode == 1
-    assert "top_p" in result.stderr
+    assert result.returncode == 2
+    assert "--top-p" in result.stderr
+    assert "invalid value '0'" in result.stderr

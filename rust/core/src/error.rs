@@ -24,12 +24,13 @@ pub enum Error {
     },
 
     /// The file is not a valid GGUF model: truncated, inconsistent or out of range.
-    #[error("{path}: invalid GGUF at byte offset {offset}: {message}")]
+    #[error("{path}: invalid GGUF{}: {message}", at_offset(*offset))]
     Format {
         /// The model file.
         path: PathBuf,
-        /// Byte offset in the file where the problem was found.
-        offset: u64,
+        /// Byte offset in the file where the problem was found, when it has one (a missing key
+        /// or tensor has none).
+        offset: Option<u64>,
         /// What is wrong, naming the key or tensor.
         message: String,
     },
@@ -55,9 +56,13 @@ pub enum Error {
     },
 }
 
+fn at_offset(offset: Option<u64>) -> String {
+    offset.map_or_else(String::new, |o| format!(" at byte offset {o}"))
+}
+
 impl Error {
-    pub(crate) fn format(path: &Path, offset: u64, message: impl Into<String>) -> Self {
-        Error::Format { path: path.to_path_buf(), offset, message: message.into() }
+    pub(crate) fn format(path: &Path, offset: impl Into<Option<u64>>, message: impl Into<String>) -> Self {
+        Error::Format { path: path.to_path_buf(), offset: offset.into(), message: message.into() }
     }
 
     pub(crate) fn unsupported(path: &Path, message: impl Into<String>) -> Self {

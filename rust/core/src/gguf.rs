@@ -19,6 +19,15 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 /// Arrays of arrays are legal GGUF, but no real file nests deeper than this.
 const MAX_ARRAY_DEPTH: u32 = 8;
+/// Upper bounds on declared counts. A value in memory takes up to 32 times the bytes of its
+/// smallest encoding, so a count that merely fits in the file could still exhaust RAM. Real
+/// files stay far below these: the largest vocabularies have about 2^18 tokens, and a model with
+/// 256 legacy per-expert tensors in each of 64 layers has about 2^16 tensors.
+const MAX_ARRAY_LEN: u64 = 1 << 24;
+const MAX_METADATA_KEYS: u64 = 1 << 16;
+const MAX_TENSORS: u64 = 1 << 20;
+/// Vectors for declared counts start no larger than this and grow as entries are read.
+const INITIAL_CAPACITY: u64 = 4096;
 
 /// One metadata value, typed as the file declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +139,8 @@ pub struct GgufFile {
     pub data_offset: u64,
     /// Metadata in file order.
     pub metadata: Vec<(String, MetaValue)>,
+    /// Byte offset of each metadata entry, parallel to `metadata`.
+    pub metadata_offsets: Vec<u64>,
     /// Tensor index in file order.
     pub tensors: Vec<TensorInfo>,
     metadata_index: HashMap<String, usize>,
@@ -159,12 +170,18 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// An error about metadata key `key`, at the key's offset when the file has the key.
+    pub fn key_error(&self, key: &str, message: impl Into<String>) -> Error {
+        let offset = self.metadata_index.get(key).map(|&i| self.metadata_offsets[i]);
+        Error::format(&self.path, offset, message)
+    }
+
     /// Reads a required unsigned integer key.
     pub fn require_u64(&self, key: &str) -> Result<u64> {
-        let value = self.get(key).ok_or_else(|| Error::format(&self.path, 0, format!("missing metadata key {key}")))?;
-        value.as_u64().ok_or_else(|| {
-            Error::format(&self.path, 0, format!("metadata key {key} is {}, expected an unsigned integer", value.type_name()))
-        })
+        let value = self.get(key).ok_or_else(|| Error::format(&self.path, None, format!("missing metadata key {key}")))?;
+        value
+            .as_u64()
+            .ok_or_else(|| self.key_error(key, format!("metadata key {key} is {}, expected an unsigned integer", value.type_name())))
     }
 
     /// Reads an optional unsigned integer key.
@@ -179,9 +196,10 @@ impl GgufFile {
     pub fn optional_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => value.as_f64().map(Some).ok_or_else(|| {
-                Error::format(&self.path, 0, format!("metadata key {key} is {}, expected a number", value.type_name()))
-            }),
+            Some(value) => value
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.key_error(key, format!("metadata key {key} is {}, expected a number", value.type_name()))),
         }
     }
 
@@ -189,9 +207,10 @@ impl GgufFile {
     pub fn optional_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => value.as_str().map(Some).ok_or_else(|| {
-                Error::format(&self.path, 0, format!("metadata key {key} is {}, expected a string", value.type_name()))
-            }),
+            Some(value) => value
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.key_error(key, format!("metadata key {key} is {}, expected a string", value.type_name()))),
         }
     }
 }
@@ -298,6 +317,9 @@ impl HeaderReader<'_> {
         let count = self.u64(what)?;
         let min_elem_bytes = min_value_bytes(elem_type)
             .ok_or_else(|| Error::format(self.path, start, format!("{what} has invalid element type {elem_type}")))?;
+        if count > MAX_ARRAY_LEN {
+            return Err(Error::format(self.path, start, format!("{what} declares {count} elements, more than the limit of {MAX_ARRAY_LEN}")));
+        }
         if count.saturating_mul(min_elem_bytes) > self.remaining() {
             return Err(Error::format(
                 self.path,
@@ -305,7 +327,7 @@ impl HeaderReader<'_> {
                 format!("{what} declares {count} elements, more than the {} bytes left in the file can hold", self.remaining()),
             ));
         }
-        let mut items = Vec::with_capacity(count as usize);
+        let mut items = Vec::with_capacity(count.min(INITIAL_CAPACITY) as usize);
         for _ in 0..count {
             items.push(self.value(elem_type, what, depth + 1)?);
         }
@@ -329,7 +351,7 @@ fn min_value_bytes(type_id: u32) -> Option<u64> {
 fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
     let magic = r.read_bytes::<4>("the magic bytes")?;
     if &magic != MAGIC {
-        return Err(Error::format(r.path, 0, format!("not a GGUF file: magic bytes are {magic:02x?}, expected \"GGUF\"")));
+        return Err(Error::format(r.path, 0u64, format!("not a GGUF file: magic bytes are {magic:02x?}, expected \"GGUF\"")));
     }
     let version = r.u32("the version")?;
     match version {
@@ -345,6 +367,12 @@ fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
     let kv_count = r.u64("the metadata count")?;
     // A metadata entry takes at least 13 bytes (key length, type, one byte of value) and a tensor
     // entry at least 24 (name length, dimension count, type, offset).
+    if kv_count > MAX_METADATA_KEYS {
+        return Err(Error::format(r.path, 16, format!("metadata count {kv_count} is more than the limit of {MAX_METADATA_KEYS}")));
+    }
+    if tensor_count > MAX_TENSORS {
+        return Err(Error::format(r.path, 8, format!("tensor count {tensor_count} is more than the limit of {MAX_TENSORS}")));
+    }
     if kv_count.saturating_mul(13) > r.remaining() {
         return Err(Error::format(r.path, 16, format!("metadata count {kv_count} cannot fit in a file of {} bytes", r.file_size)));
     }
@@ -352,8 +380,9 @@ fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
         return Err(Error::format(r.path, 8, format!("tensor count {tensor_count} cannot fit in a file of {} bytes", r.file_size)));
     }
 
-    let mut metadata = Vec::with_capacity(kv_count as usize);
-    let mut metadata_index = HashMap::with_capacity(kv_count as usize);
+    let mut metadata = Vec::with_capacity(kv_count.min(INITIAL_CAPACITY) as usize);
+    let mut metadata_offsets = Vec::with_capacity(metadata.capacity());
+    let mut metadata_index = HashMap::with_capacity(metadata.capacity());
     for i in 0..kv_count {
         let entry_offset = r.pos;
         let key = r.string(&format!("the key of metadata entry {i}"))?;
@@ -363,18 +392,22 @@ fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
             return Err(Error::format(r.path, entry_offset, format!("metadata key {key} appears twice")));
         }
         metadata.push((key, value));
+        metadata_offsets.push(entry_offset);
     }
 
-    let alignment = match metadata_index.get("general.alignment").map(|&i| &metadata[i].1) {
+    let alignment = match metadata_index.get("general.alignment").map(|&i| (&metadata[i].1, metadata_offsets[i])) {
         None => DEFAULT_ALIGNMENT,
-        Some(MetaValue::U32(a)) if a.is_power_of_two() => u64::from(*a),
-        Some(other) => {
-            return Err(Error::format(r.path, 0, format!("general.alignment must be a power of two uint32, found {other:?}")))
+        Some((MetaValue::U32(a), _)) if a.is_power_of_two() => u64::from(*a),
+        Some((MetaValue::U32(a), offset)) => {
+            return Err(Error::format(r.path, offset, format!("general.alignment is {a}, expected a power of two")))
+        }
+        Some((other, offset)) => {
+            return Err(Error::format(r.path, offset, format!("general.alignment is {}, expected uint32", other.type_name())))
         }
     };
 
-    let mut tensors = Vec::with_capacity(tensor_count as usize);
-    let mut tensor_index = HashMap::with_capacity(tensor_count as usize);
+    let mut tensors = Vec::with_capacity(tensor_count.min(INITIAL_CAPACITY) as usize);
+    let mut tensor_index = HashMap::with_capacity(tensors.capacity());
     for i in 0..tensor_count {
         let index_offset = r.pos;
         let name = r.string(&format!("the name of tensor {i}"))?;
@@ -422,6 +455,7 @@ fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
         alignment,
         data_offset,
         metadata,
+        metadata_offsets,
         tensors,
         metadata_index,
         tensor_index,
@@ -449,11 +483,14 @@ fn check_tensor(
         return Err(fail(format!("tensor {name} has dimensions {dims:?}, whose product overflows")));
     };
     let row = dims.first().copied().unwrap_or(1);
-    let Some(row_bytes) = ggml_type.row_bytes(row) else {
+    if row % ggml_type.block_elems() != 0 {
         return Err(fail(format!(
             "tensor {name} of type {ggml_type} has rows of {row} elements, not a multiple of the block size {}",
             ggml_type.block_elems()
         )));
+    }
+    let Some(row_bytes) = ggml_type.row_bytes(row) else {
+        return Err(fail(format!("tensor {name} has dimensions {dims:?}, whose size in bytes overflows")));
     };
     let n_bytes = row_bytes.checked_mul(n_elements / row).ok_or_else(|| fail(format!("tensor {name} is too large")))?;
     if relative_offset % alignment != 0 {

@@ -12,7 +12,7 @@ use mer_core::quant::dequantize;
 use mer_core::{Error, Logits, Model, ModelOptions, Phase};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -32,6 +32,7 @@ fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::Io { source, .. } => match source.kind() {
             std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
             std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
+            std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(message),
             _ => PyOSError::new_err(message),
         },
         Error::Format { .. } => mer_exception(py, "ModelFormatError", message),
@@ -219,13 +220,24 @@ impl CoreModel {
     fn eval<'py>(
         &self,
         py: Python<'py>,
-        tokens: Vec<u32>,
+        tokens: Vec<Bound<'py, PyAny>>,
         all_logits: bool,
         phase: &str,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         if tokens.is_empty() {
             return Err(PyValueError::new_err("eval needs at least one token"));
         }
+        let n_vocab = self.model.config.n_vocab;
+        let tokens = tokens
+            .iter()
+            .map(|t| match t.extract::<u32>() {
+                Ok(id) => Ok(id),
+                Err(_) => Err(PyValueError::new_err(format!(
+                    "token id {t} is out of range: the vocabulary has {n_vocab} tokens (ids 0 to {})",
+                    n_vocab - 1
+                ))),
+            })
+            .collect::<PyResult<Vec<u32>>>()?;
         let phase = match phase {
             "prompt" => Phase::Prompt,
             "decode" => Phase::Decode,
@@ -233,7 +245,6 @@ impl CoreModel {
         };
         let mode = if all_logits { Logits::All } else { Logits::Last };
         let rows = if all_logits { tokens.len() } else { 1 };
-        let n_vocab = self.model.config.n_vocab;
         let logits = run_detached(py, || {
             let mut kv = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.model.eval(&mut kv, &tokens, mode, phase)

@@ -34,7 +34,7 @@ impl Config {
     pub fn from_gguf(gguf: &GgufFile, n_vocab: usize) -> Result<Self> {
         let architecture = gguf
             .optional_str("general.architecture")?
-            .ok_or_else(|| Error::format(&gguf.path, 0, "missing metadata key general.architecture"))?
+            .ok_or_else(|| Error::format(&gguf.path, None, "missing metadata key general.architecture"))?
             .to_string();
         if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
             return Err(Error::unsupported(
@@ -46,12 +46,19 @@ impl Config {
         let positive = |name: &str| -> Result<usize> {
             let value = gguf.require_u64(&key(name))?;
             if value == 0 || value > (1 << 24) {
-                return Err(Error::format(&gguf.path, 0, format!("metadata key {} has invalid value {value}", key(name))));
+                return Err(gguf.key_error(&key(name), format!("metadata key {} has invalid value {value}", key(name))));
             }
             Ok(value as usize)
         };
 
         let n_layer = positive("block_count")?;
+        // Each layer has at least nine tensors, so a larger count cannot match the file.
+        if n_layer > gguf.tensors.len() / 9 {
+            return Err(gguf.key_error(
+                &key("block_count"),
+                format!("block_count is {n_layer}, but the file has only {} tensors", gguf.tensors.len()),
+            ));
+        }
         let n_embd = positive("embedding_length")?;
         let n_head = positive("attention.head_count")?;
         let n_head_kv = match gguf.optional_u64(&key("attention.head_count_kv"))? {
@@ -59,9 +66,8 @@ impl Config {
             None => n_head,
         };
         if n_head % n_head_kv != 0 {
-            return Err(Error::format(
-                &gguf.path,
-                0,
+            return Err(gguf.key_error(
+                &key("attention.head_count_kv"),
                 format!("attention.head_count {n_head} is not a multiple of attention.head_count_kv {n_head_kv}"),
             ));
         }
@@ -69,7 +75,10 @@ impl Config {
             Some(_) => positive("attention.key_length")?,
             None if n_embd % n_head == 0 => n_embd / n_head,
             None => {
-                return Err(Error::format(&gguf.path, 0, format!("embedding_length {n_embd} is not a multiple of head_count {n_head}")))
+                return Err(gguf.key_error(
+                    &key("embedding_length"),
+                    format!("embedding_length {n_embd} is not a multiple of head_count {n_head}"),
+                ))
             }
         };
         if let Some(value_length) = gguf.optional_u64(&key("attention.value_length"))? {
@@ -85,9 +94,8 @@ impl Config {
             None => head_dim,
         };
         if rope_dim > head_dim || rope_dim % 2 != 0 {
-            return Err(Error::format(
-                &gguf.path,
-                0,
+            return Err(gguf.key_error(
+                &key("rope.dimension_count"),
                 format!("rope.dimension_count {rope_dim} must be even and at most the head size {head_dim}"),
             ));
         }
@@ -105,14 +113,18 @@ impl Config {
         let n_expert = gguf.optional_u64(&key("expert_count"))?.unwrap_or(0) as usize;
         let n_expert_used = gguf.optional_u64(&key("expert_used_count"))?.unwrap_or(0) as usize;
         if n_expert > 0 && (n_expert_used == 0 || n_expert_used > n_expert) {
-            return Err(Error::format(
-                &gguf.path,
-                0,
+            return Err(gguf.key_error(
+                &key("expert_used_count"),
                 format!("expert_used_count {n_expert_used} must be between 1 and expert_count {n_expert}"),
             ));
         }
 
-        let n_ctx = gguf.optional_u64(&key("context_length"))?.unwrap_or(4096).clamp(1, 1 << 20) as usize;
+        // The KV cache grows with use, so a large context length costs nothing up front.
+        let n_ctx = gguf.optional_u64(&key("context_length"))?.unwrap_or(4096);
+        if n_ctx == 0 {
+            return Err(gguf.key_error(&key("context_length"), format!("metadata key {} has invalid value 0", key("context_length"))));
+        }
+        let n_ctx = usize::try_from(n_ctx).unwrap_or(usize::MAX);
         let rms_eps = gguf.optional_f64(&key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5) as f32;
         let rope_freq_base = gguf.optional_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
 

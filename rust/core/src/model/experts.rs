@@ -25,7 +25,7 @@ fn locate_layer(loader: &TensorLoader<'_>, config: &Config, layer: usize) -> Res
     }
     Err(Error::format(
         &loader.gguf.path,
-        0,
+        None,
         format!("layer {layer} has neither {prefix}.ffn_gate_exps.weight nor {prefix}.ffn_gate.0.weight"),
     ))
 }
@@ -34,7 +34,7 @@ fn locate_layer(loader: &TensorLoader<'_>, config: &Config, layer: usize) -> Res
 /// FFN (dense layers of a mixed model), so the tensor is the reliable source.
 fn ffn_width(loader: &TensorLoader<'_>, name: &str, min_dims: usize) -> Result<usize> {
     let gguf = loader.gguf;
-    let info = gguf.tensor(name).ok_or_else(|| Error::format(&gguf.path, 0, format!("missing tensor {name}")))?;
+    let info = gguf.tensor(name).ok_or_else(|| Error::format(&gguf.path, None, format!("missing tensor {name}")))?;
     match info.dims.get(1) {
         Some(&n) if info.dims.len() >= min_dims => Ok(n as usize),
         _ => Err(Error::format(&gguf.path, info.index_offset, format!("tensor {name} has shape {:?}", info.dims))),

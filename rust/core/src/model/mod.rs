@@ -68,7 +68,7 @@ impl Model {
 
         let embd = gguf
             .tensor("token_embd.weight")
-            .ok_or_else(|| Error::format(&gguf.path, 0, "missing tensor token_embd.weight"))?;
+            .ok_or_else(|| Error::format(&gguf.path, None, "missing tensor token_embd.weight"))?;
         let n_vocab = match embd.dims.as_slice() {
             [_, n] => *n as usize,
             dims => {
@@ -193,7 +193,7 @@ pub fn describe(path: impl AsRef<Path>) -> Result<ModelSummary> {
     let loader = TensorLoader::new(&gguf)?;
     let embd = gguf
         .tensor("token_embd.weight")
-        .ok_or_else(|| Error::format(&gguf.path, 0, "missing tensor token_embd.weight"))?;
+        .ok_or_else(|| Error::format(&gguf.path, None, "missing tensor token_embd.weight"))?;
     let n_vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
     let config = Config::from_gguf(&gguf, n_vocab)?;
     let ranges = experts::locate_experts(&loader, &config)?;

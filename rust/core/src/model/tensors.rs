@@ -51,7 +51,7 @@ impl<'g> TensorLoader<'g> {
     /// Finds a tensor and checks that its dimensions are `dims` and its type has a kernel.
     pub fn expect(&self, name: &str, dims: &[usize]) -> Result<&'g TensorInfo> {
         let gguf = self.gguf;
-        let info = gguf.tensor(name).ok_or_else(|| Error::format(&gguf.path, 0, format!("missing tensor {name}")))?;
+        let info = gguf.tensor(name).ok_or_else(|| Error::format(&gguf.path, None, format!("missing tensor {name}")))?;
         let expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         if info.dims != expected {
             return Err(Error::format(
