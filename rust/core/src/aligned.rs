@@ -2,7 +2,7 @@
 //!
 //! Tensor offsets in GGUF are multiples of the file's alignment (32 by default), so a tensor read
 //! into a buffer aligned to at least that keeps its f32 and f16 elements naturally aligned.
-//! O_DIRECT reads need 4096-byte alignment, which the slot pool asks for.
+//! O_DIRECT reads need 4096-byte alignment, which the slot pool will request.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};

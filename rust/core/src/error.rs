@@ -17,7 +17,7 @@ pub enum Error {
     Io {
         /// The file the operation was on.
         path: PathBuf,
-        /// What MER was doing, such as "reading tensor blk.0.attn_q.weight at offset 1234".
+        /// The operation that failed, such as "failed to read tensor blk.0.attn_q.weight at offset 1234".
         context: String,
         /// The underlying error.
         source: io::Error,
@@ -31,7 +31,7 @@ pub enum Error {
         /// Byte offset in the file where the problem was found, when it has one (a missing key
         /// or tensor has none).
         offset: Option<u64>,
-        /// What is wrong, naming the key or tensor.
+        /// The problem, naming the key or tensor.
         message: String,
     },
 
@@ -40,7 +40,7 @@ pub enum Error {
     Unsupported {
         /// The model file.
         path: PathBuf,
-        /// What is not supported, naming the key, tensor or type.
+        /// The unsupported feature, naming the key, tensor or type.
         message: String,
     },
 

@@ -48,7 +48,7 @@ pub enum MetaValue {
 }
 
 impl MetaValue {
-    /// The value as an unsigned integer, when it is a non-negative integer of any width.
+    /// Returns the value as an unsigned integer, when it is a non-negative integer of any width.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             MetaValue::U8(v) => Some(v.into()),
@@ -63,7 +63,7 @@ impl MetaValue {
         }
     }
 
-    /// The value as a float, when it is a float or an integer.
+    /// Returns the value as a float, when it is a float or an integer.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             MetaValue::F32(v) => Some(v.into()),
@@ -72,7 +72,7 @@ impl MetaValue {
         }
     }
 
-    /// The value as a string slice, when it is a string.
+    /// Returns the value as a string slice, when it is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::String(s) => Some(s),
@@ -80,7 +80,7 @@ impl MetaValue {
         }
     }
 
-    /// The GGUF name of the value's type, for error messages.
+    /// Returns the GGUF name of the value's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
             MetaValue::U8(_) => "uint8",
@@ -170,7 +170,7 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// An error about metadata key `key`, at the key's offset when the file has the key.
+    /// Builds an error about metadata key `key`, at the key's offset when the file has the key.
     pub fn key_error(&self, key: &str, message: impl Into<String>) -> Error {
         let offset = self.metadata_index.get(key).map(|&i| self.metadata_offsets[i]);
         Error::format(&self.path, offset, message)
@@ -335,7 +335,7 @@ impl HeaderReader<'_> {
     }
 }
 
-/// The smallest encoding of a value of this type, used to bound array counts.
+/// Returns the bytes of the smallest encoding of a value of this type, to bound array counts.
 fn min_value_bytes(type_id: u32) -> Option<u64> {
     Some(match type_id {
         0 | 1 | 7 => 1,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Which phase a forward call belongs to.
+/// The phase a forward call belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Tokens of the prompt (including teacher-forced evaluation).

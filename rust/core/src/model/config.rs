@@ -145,17 +145,17 @@ impl Config {
         })
     }
 
-    /// Whether the FFN layers are mixtures of experts.
+    /// Returns whether the FFN layers are mixtures of experts.
     pub fn is_moe(&self) -> bool {
         self.n_expert > 0
     }
 
-    /// Experts per layer as the expert store sees them: a dense FFN is one expert.
+    /// Returns the experts per layer as the expert store counts them: a dense FFN is one expert.
     pub fn experts_per_layer(&self) -> usize {
         self.n_expert.max(1)
     }
 
-    /// Experts each token uses per layer as the expert store sees them.
+    /// Returns the experts each token uses per layer as the expert store counts them.
     pub fn experts_used(&self) -> usize {
         self.n_expert_used.max(1)
     }

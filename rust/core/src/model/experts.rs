@@ -30,8 +30,8 @@ fn locate_layer(loader: &TensorLoader<'_>, config: &Config, layer: usize) -> Res
     ))
 }
 
-/// The FFN width, taken from the gate tensor: `feed_forward_length` may describe a different
-/// FFN (dense layers of a mixed model), so the tensor is the reliable source.
+/// Reads the FFN width from the gate tensor. `feed_forward_length` may describe a different FFN
+/// (the dense layers of a mixed model), so the tensor is the reliable source.
 fn ffn_width(loader: &TensorLoader<'_>, name: &str, min_dims: usize) -> Result<usize> {
     let gguf = loader.gguf;
     let info = gguf.tensor(name).ok_or_else(|| Error::format(&gguf.path, None, format!("missing tensor {name}")))?;

@@ -173,7 +173,7 @@ pub fn rope(x: &mut [f32], pos: usize, c: &Config, inv_freq: &[f32]) {
     }
 }
 
-/// The RoPE frequencies base^(-2i / rope_dim) for i < rope_dim / 2.
+/// Computes the RoPE frequencies base^(-2i / rope_dim) for i < rope_dim / 2.
 pub fn rope_inv_freq(c: &Config) -> Vec<f32> {
     (0..c.rope_dim / 2)
         .map(|i| (f64::from(c.rope_freq_base)).powf(-2.0 * i as f64 / c.rope_dim as f64) as f32)
@@ -217,7 +217,8 @@ mod tests {
     fn route_renormalizes_top_k() {
         let (experts, weights) = route(&[0.0, 2.0, 1.0, 2.0], 2);
         assert_eq!(experts, vec![1, 3]);
-        assert!((weights[0] - 0.5).abs() < 1e-6 && (weights[1] - 0.5).abs() < 1e-6);
+        assert!((weights[0] - 0.5).abs() < 1e-6);
+        assert!((weights[1] - 0.5).abs() < 1e-6);
     }
 
     #[test]
@@ -232,7 +233,8 @@ mod tests {
         let mut x = vec![1000.0, 1001.0, 999.0];
         softmax(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(x[1] > x[0] && x[0] > x[2]);
+        assert!(x[1] > x[0]);
+        assert!(x[0] > x[2]);
     }
 
     #[test]

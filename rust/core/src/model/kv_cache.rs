@@ -74,7 +74,7 @@ impl KvCache {
         }
     }
 
-    /// Bytes the cache holds now.
+    /// Returns the bytes of keys and values stored now.
     pub fn n_bytes(&self) -> u64 {
         (2 * self.keys.len() * self.len * self.kv_dim * 4) as u64
     }

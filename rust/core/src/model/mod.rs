@@ -29,7 +29,7 @@ pub struct ModelOptions {
     pub threads: Option<usize>,
 }
 
-/// Which logits a call to [`Model::eval`] returns.
+/// The logits rows that a call to [`Model::eval`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
     /// One row per token.
@@ -173,7 +173,7 @@ impl Model {
     }
 }
 
-/// What `describe` reports about a model file without reading its weights.
+/// A model file's shape and sizes, as `describe` reports them without reading the weights.
 #[derive(Clone, Debug)]
 pub struct ModelSummary {
     pub config: Config,

@@ -18,7 +18,7 @@ pub struct ExpertId {
     pub expert: usize,
 }
 
-/// Where one expert matrix lies in the model file.
+/// The location of one expert matrix in the model file.
 #[derive(Clone, Debug)]
 pub struct TensorRange {
     /// Name of the tensor the range belongs to, for error messages.
