@@ -14,6 +14,7 @@ from typing import Any
 
 from . import __version__
 from .errors import MerError
+from .model import parse_size
 
 log = logging.getLogger("mer")
 
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", metavar="TEXT", help="system message for --chat")
     gen.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="compute threads (default: the number of physical cores)")
+    gen.add_argument("--ram-budget", type=_size, default=None, metavar="SIZE",
+                     help="RAM for expert slots, such as 8G or 512M (binary units); experts are then read "
+                          "from the file as the router picks them (default: every expert gets a slot)")
+    gen.add_argument("--io-backend", choices=["auto", "io_uring", "pread", "buffered"], default="auto",
+                     help="how experts are read: io_uring, a pread thread pool with O_DIRECT, or buffered "
+                          "reads; auto falls back in that order (default: auto)")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object (prompt_ids, generated_ids, text, stop_reason, stats) instead of streaming")
     _add_verbosity(gen)
@@ -110,6 +117,7 @@ _positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
 _non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 _positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 _probability = _number_type(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+_size = _number_type(parse_size, lambda v: v > 0, "a size such as 8G, 512M or a number of bytes")
 _probability_above_zero = _number_type(float, lambda v: 0 < v <= 1, "a number above 0 and at most 1")
 
 
@@ -143,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .model import Model
 
-    model = Model(args.model, threads=args.threads)
+    model = Model(args.model, threads=args.threads, ram_budget=args.ram_budget, io_backend=args.io_backend)
     prompt = args.prompt
     if args.chat:
         messages = []

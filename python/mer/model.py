@@ -28,11 +28,24 @@ class Model:
     `path` is the GGUF file. Without it, MER uses $MER_MODEL or the default model
     (SmolLM2-135M-Instruct Q4_1), downloading the default on first use. `threads` is the
     number of compute threads, by default the number of physical cores.
+
+    `ram_budget` is the RAM for expert slots, as bytes or a string such as "8G" or "512M"
+    (binary units). Experts are then read from the file as the router picks them, and resident
+    weights (everything else) stay in RAM on top of the budget. Without a budget, every expert
+    gets a slot and is read once. `io_backend` is "auto" (io_uring, falling back to pread and
+    then buffered reads), "io_uring", "pread" or "buffered".
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        ram_budget: str | int | None = None,
+        io_backend: str = "auto",
+    ) -> None:
         self.path = resolve_model_path(path)
-        self._core = _core.CoreModel(self.path, threads)
+        budget = None if ram_budget is None else parse_size(ram_budget)
+        self._core = _core.CoreModel(self.path, threads, budget, io_backend)
         self.metadata: dict[str, Any] = self._core.metadata
         self.config: dict[str, Any] = self._core.config
         self.tokenizer = Tokenizer.from_metadata(self.metadata, source=str(self.path))
@@ -43,9 +56,11 @@ class Model:
             )
         stats = self._core.stats()
         log.info(
-            "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB, %d threads",
+            "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB; "
+            "%d slots of %.1f MB; I/O backend %s (%s); %d threads",
             self.path.name, self.config["architecture"], self.config["n_layer"], _describe_experts(self.config),
-            stats["resident_bytes"] / 1e6, stats["expert_bytes"] / 1e6, stats["threads"],
+            stats["resident_bytes"] / 1e6, stats["expert_bytes"] / 1e6, stats["slots"], stats["slot_bytes"] / 1e6,
+            stats["io_backend"], stats["io_backend_reason"], stats["threads"],
         )
 
     @property
@@ -220,10 +235,44 @@ def _describe_experts(config: dict[str, Any]) -> str:
 
 
 def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
+    latency = stats["read_latency_us"]
+    budget = stats["ram_budget_bytes"]
     log.info(
-        "run summary: prompt %d tokens at %.2f tokens/s; decode %d tokens at %.2f tokens/s; "
-        "stop: %s; threads %d; resident weights %.1f MB; expert weights in RAM %.1f MB; KV cache %.1f MB",
-        stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"],
-        stats["decode_tokens_per_s"], stop_reason, stats["threads"], stats["resident_bytes"] / 1e6,
-        stats["expert_ram_bytes"] / 1e6, stats["kv_cache_bytes"] / 1e6,
+        "run summary: prompt %d tokens at %.2f tokens/s; decode %d tokens at %.2f tokens/s (stop: %s)\n"
+        "  experts: hit rate %.3f (%d hits, %d misses), %.1f MB read, I/O share %.3f "
+        "(I/O wait %.2f s, compute %.2f s), read latency p50/p95/p99 %d/%d/%d us\n"
+        "  memory: %s backend, %d slots of %.1f MB, RAM budget %s, resident weights %.1f MB, "
+        "KV cache %.1f MB, peak RSS %.1f MB; %d threads",
+        stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"], stats["decode_tokens_per_s"],
+        stop_reason, stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / 1e6,
+        stats["io_share"], stats["io_wait_s"], stats["compute_s"], latency["p50"], latency["p95"], latency["p99"],
+        stats["io_backend"], stats["slots"], stats["slot_bytes"] / 1e6,
+        "none" if budget is None else f"{budget / 2**30:.2f} GiB", stats["resident_bytes"] / 1e6,
+        stats["kv_cache_bytes"] / 1e6, stats["peak_rss_bytes"] / 1e6, stats["threads"],
     )
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: str | int) -> int:
+    """Return a byte count from an int or a string such as "8G", "512M", "1.5GiB" or "4096".
+
+    Units are binary: K = 1024 bytes, M = 1024 K, G = 1024 M, T = 1024 G. A trailing "B" or "iB" is
+    allowed."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"invalid size {value}: expected a positive number of bytes")
+        return value
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)].strip()
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"invalid size {value!r}: expected a number with an optional unit K, M, G or T, such as 8G") from None
+    if not size >= 1:
+        raise ValueError(f"invalid size {value!r}: expected a positive size")
+    return int(size)

@@ -44,6 +44,19 @@ pub enum Error {
         message: String,
     },
 
+    /// Reading an expert from the model file failed or came up short.
+    #[error("{path}: {message}")]
+    ExpertRead {
+        /// The model file.
+        path: PathBuf,
+        /// The failed read, naming the layer, expert, tensor and offset.
+        message: String,
+    },
+
+    /// The RAM budget is too small, or its slots could not be allocated.
+    #[error("{0}")]
+    Budget(String),
+
     /// A caller passed an invalid value, such as a token id outside the vocabulary.
     #[error("{0}")]
     InvalidArgument(String),

@@ -49,3 +49,15 @@ fn rate(tokens: u64, seconds: f64) -> f64 {
         0.0
     }
 }
+
+/// Peak resident set size of this process in bytes (VmHWM), or 0 where /proc is unavailable.
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use mer_core::gguf::{GgufFile, MetaValue};
 use mer_core::model::KvCache;
 use mer_core::quant::dequantize;
+use mer_core::store::io::{BackendChoice, IoOptions};
+use mer_core::store::StoreOptions;
 use mer_core::{Error, Logits, Model, ModelOptions, Phase};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2};
@@ -39,6 +41,8 @@ fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
         Error::Unsupported { .. } => mer_exception(py, "UnsupportedModelError", message),
         Error::InvalidArgument(_) => PyValueError::new_err(message),
         Error::ContextFull { .. } => mer_exception(py, "ContextFullError", message),
+        Error::ExpertRead { .. } => mer_exception(py, "ExpertReadError", message),
+        Error::Budget(_) => mer_exception(py, "BudgetError", message),
     }
 }
 
@@ -201,14 +205,42 @@ struct CoreModel {
 
 #[pymethods]
 impl CoreModel {
-    /// Opens the GGUF model at `path`, using `threads` compute threads (default: physical cores).
+    /// Opens the GGUF model at `path`, using `threads` compute threads (default: physical
+    /// cores). `ram_budget` is the bytes for expert slots (default: every expert gets a slot),
+    /// `io_backend` is "auto", "io_uring", "pread" or "buffered", `chunk_bytes` the size of each
+    /// read request (a multiple of 4096) and `queue_depth` the reads kept in flight.
     #[new]
-    #[pyo3(signature = (path, threads=None))]
-    fn new(py: Python<'_>, path: std::path::PathBuf, threads: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (path, threads=None, ram_budget=None, io_backend="auto", chunk_bytes=None, queue_depth=None))]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        threads: Option<usize>,
+        ram_budget: Option<u64>,
+        io_backend: &str,
+        chunk_bytes: Option<usize>,
+        queue_depth: Option<usize>,
+    ) -> PyResult<Self> {
         if threads == Some(0) {
             return Err(PyValueError::new_err("threads must be at least 1"));
         }
-        let model = run_detached(py, || Model::open(&path, ModelOptions { threads }))?;
+        let backend = BackendChoice::parse(io_backend).ok_or_else(|| {
+            PyValueError::new_err(format!("io_backend must be auto, io_uring, pread or buffered, not {io_backend:?}"))
+        })?;
+        let mut io = IoOptions::default();
+        if let Some(bytes) = chunk_bytes {
+            if bytes == 0 || bytes % 4096 != 0 || bytes > (64 << 20) {
+                return Err(PyValueError::new_err(format!("chunk_bytes must be a multiple of 4096 up to 64 MiB, not {bytes}")));
+            }
+            io.chunk_bytes = bytes;
+        }
+        if let Some(depth) = queue_depth {
+            if depth == 0 || depth > 256 {
+                return Err(PyValueError::new_err(format!("queue_depth must be between 1 and 256, not {depth}")));
+            }
+            io.queue_depth = depth;
+        }
+        let options = ModelOptions { threads, store: StoreOptions { ram_budget, backend, io } };
+        let model = run_detached(py, || Model::open(&path, options))?;
         let kv = Mutex::new(model.new_cache());
         Ok(CoreModel { model, kv })
     }
@@ -281,22 +313,52 @@ impl CoreModel {
         config_dict(py, &self.model.config)
     }
 
-    /// Statistics of this model's runs: memory, threads, and tokens and time per phase.
+    /// Statistics of this model's runs: memory, threads, the expert store, and tokens and time
+    /// per phase. Hit rate, I/O share and tokens/s count decode tokens only; the prompt phase has
+    /// its own `prompt_` keys.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.model.stats();
+        let store = self.model.store_report();
         let kv_bytes = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).n_bytes();
+        let (prompt, decode) = (&store.stats.prompt, &store.stats.decode);
         let out = PyDict::new(py);
         out.set_item("threads", self.model.threads())?;
+        out.set_item("io_backend", store.io_backend)?;
+        out.set_item("io_backend_reason", &store.io_backend_reason)?;
+        out.set_item("eviction_policy", store.eviction_policy)?;
+        out.set_item("slots", store.slots)?;
+        out.set_item("slot_bytes", store.slot_bytes)?;
+        out.set_item("ram_budget_bytes", store.ram_budget_bytes)?;
         out.set_item("resident_bytes", self.model.resident_bytes())?;
         out.set_item("expert_bytes", self.model.expert_bytes())?;
         out.set_item("expert_ram_bytes", self.model.expert_ram_bytes())?;
         out.set_item("kv_cache_bytes", kv_bytes)?;
+
+        out.set_item("hits", decode.hits)?;
+        out.set_item("misses", decode.misses)?;
+        out.set_item("hit_rate", decode.hit_rate())?;
+        out.set_item("bytes_read", decode.bytes_read)?;
+        out.set_item("expert_reads", decode.reads)?;
+        let latency = PyDict::new(py);
+        latency.set_item("p50", store.read_latency_us[0])?;
+        latency.set_item("p95", store.read_latency_us[1])?;
+        latency.set_item("p99", store.read_latency_us[2])?;
+        out.set_item("read_latency_us", latency)?;
+        out.set_item("io_wait_s", decode.io_wait_s)?;
+        out.set_item("compute_s", (s.decode_s - decode.io_wait_s).max(0.0))?;
+        out.set_item("io_share", if s.decode_s > 0.0 { decode.io_wait_s / s.decode_s } else { 0.0 })?;
+
         out.set_item("prompt_tokens", s.prompt_tokens)?;
         out.set_item("prompt_s", s.prompt_s)?;
         out.set_item("prompt_tokens_per_s", s.prompt_tokens_per_s())?;
+        out.set_item("prompt_hits", prompt.hits)?;
+        out.set_item("prompt_misses", prompt.misses)?;
+        out.set_item("prompt_bytes_read", prompt.bytes_read)?;
+        out.set_item("prompt_io_wait_s", prompt.io_wait_s)?;
         out.set_item("decode_tokens", s.decode_tokens)?;
         out.set_item("decode_s", s.decode_s)?;
         out.set_item("decode_tokens_per_s", s.decode_tokens_per_s())?;
+        out.set_item("peak_rss_bytes", mer_core::stats::peak_rss_bytes())?;
         Ok(out)
     }
 }

@@ -15,8 +15,7 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::stats::{Phase, RunStats};
-use crate::store::resident::ResidentStore;
-use crate::store::ExpertStore;
+use crate::store::{ExpertStore, StoreOptions, StoreReport, StreamingStore};
 pub use config::Config;
 pub use kv_cache::KvCache;
 use tensors::TensorLoader;
@@ -27,6 +26,8 @@ use weights::ResidentWeights;
 pub struct ModelOptions {
     /// Compute threads; `None` uses the number of physical cores.
     pub threads: Option<usize>,
+    /// RAM budget, I/O backend and I/O tuning of the expert store.
+    pub store: StoreOptions,
 }
 
 /// The logits rows that a call to [`Model::eval`] returns.
@@ -81,7 +82,7 @@ impl Model {
         let ranges = experts::locate_experts(&loader, &config)?;
         loader.reject_unused()?;
         let expert_file_bytes = ranges.iter().flatten().map(|r| r.n_bytes()).sum();
-        let store = ResidentStore::load(&loader, ranges)?;
+        let store = StreamingStore::open(&gguf.path, ranges, config.experts_used(), &options.store)?;
 
         let threads = options.threads.unwrap_or_else(physical_cores).max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -123,6 +124,7 @@ impl Model {
     pub fn eval(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, phase: Phase) -> Result<Vec<f32>> {
         let start = Instant::now();
         let n = tokens.len();
+        self.store.set_phase(phase);
         let result = self.pool.install(|| {
             let mut out = Vec::with_capacity(if logits == Logits::All { n * self.config.n_vocab } else { self.config.n_vocab });
             for (i, &token) in tokens.iter().enumerate() {
@@ -147,9 +149,15 @@ impl Model {
         self.stats.lock().unwrap().clone()
     }
 
-    /// Resets the run statistics.
+    /// Resets the run statistics and the expert store's counters.
     pub fn reset_stats(&self) {
         *self.stats.lock().unwrap() = RunStats::default();
+        self.store.reset_stats();
+    }
+
+    /// The expert store's configuration and counters.
+    pub fn store_report(&self) -> StoreReport {
+        self.store.report()
     }
 
     /// Compute threads in use.

@@ -2,14 +2,20 @@
 //!
 //! The forward pass names the experts a layer's router picked and receives their gate, up and
 //! down matrices for the duration of a closure. What sits behind [`ExpertStore`] decides where
-//! those bytes live. [`resident::ResidentStore`] reads every expert into RAM once at start. A
-//! dense model's FFN is one expert per layer that is always selected, so dense and MoE models
-//! take the same path.
+//! those bytes live. [`streaming::StreamingStore`] keeps a fixed pool of slots within the RAM
+//! budget and reads experts from the model file on demand. A dense model's FFN is one expert per
+//! layer that is always selected, so dense and MoE models take the same path.
 
-pub mod resident;
+pub mod io;
+pub mod policy;
+pub mod slots;
+pub mod stats;
+pub mod streaming;
 
 use crate::error::Result;
 use crate::quant::{GgmlType, MatRef};
+use crate::stats::Phase;
+pub use streaming::{StoreOptions, StoreReport, StreamingStore};
 
 /// An expert: (layer, index within the layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,4 +73,13 @@ pub trait ExpertStore: Send + Sync {
 
     /// Bytes of RAM the store holds for expert weights.
     fn expert_ram_bytes(&self) -> u64;
+
+    /// Sets the phase that the following accesses count in.
+    fn set_phase(&self, phase: Phase);
+
+    /// Returns the store's configuration and counters.
+    fn report(&self) -> StoreReport;
+
+    /// Zeroes the counters.
+    fn reset_stats(&self);
 }

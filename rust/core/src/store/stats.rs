@@ -1,0 +1,74 @@
+//! Counters of the expert store, kept per phase so that decode figures exclude the prompt.
+
+use crate::stats::Phase;
+
+/// Most read latencies kept for percentiles; later reads overwrite the oldest.
+const MAX_LATENCIES: usize = 1 << 20;
+
+/// Hits, misses, bytes and waiting time of one phase.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseCounters {
+    /// Routed experts that were resident when their layer needed them.
+    pub hits: u64,
+    /// Routed experts that were not resident (being read, or not present).
+    pub misses: u64,
+    /// Bytes read from the file.
+    pub bytes_read: u64,
+    /// Expert reads started.
+    pub reads: u64,
+    /// Seconds the forward pass waited for expert reads.
+    pub io_wait_s: f64,
+}
+
+impl PhaseCounters {
+    /// hits / (hits + misses), or 0 before any access.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// All store counters.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub prompt: PhaseCounters,
+    pub decode: PhaseCounters,
+    /// Latency of each expert read (submit to completion), in microseconds.
+    latencies_us: Vec<u32>,
+    next_latency: usize,
+}
+
+impl StoreStats {
+    /// The counters of `phase`.
+    pub fn phase_mut(&mut self, phase: Phase) -> &mut PhaseCounters {
+        match phase {
+            Phase::Prompt => &mut self.prompt,
+            Phase::Decode => &mut self.decode,
+        }
+    }
+
+    /// Records the latency of one finished expert read.
+    pub fn record_latency(&mut self, micros: u64) {
+        let value = micros.min(u64::from(u32::MAX)) as u32;
+        if self.latencies_us.len() < MAX_LATENCIES {
+            self.latencies_us.push(value);
+        } else {
+            self.latencies_us[self.next_latency] = value;
+            self.next_latency = (self.next_latency + 1) % MAX_LATENCIES;
+        }
+    }
+
+    /// The p50, p95 and p99 read latencies in microseconds (0 when nothing was read).
+    pub fn latency_percentiles(&self) -> [u64; 3] {
+        if self.latencies_us.is_empty() {
+            return [0; 3];
+        }
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        [0.50, 0.95, 0.99].map(|q| u64::from(sorted[((sorted.len() - 1) as f64 * q).round() as usize]))
+    }
+}

@@ -1,0 +1,368 @@
+//! The streaming expert store: a fixed pool of slots, filled from the model file on demand.
+//!
+//! The life of an expert read: the forward pass asks for a layer's routed experts. A resident
+//! expert is pinned at once (a hit). A missing one gets a slot (a free one, or a victim that the
+//! eviction policy picks among unpinned, fully read slots), is marked Loading and pinned, and its
+//! aligned ranges are submitted to the I/O backend (a demand read). A second request for an
+//! expert that is still Loading waits for the same read. When every requested expert is Ready,
+//! the forward pass runs on the slot memory, then unpins. A failed read marks the slot Failed;
+//! every waiter gets the error, and the slot empties once the last waiter unpins it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use super::io::{open_backend, BackendChoice, IoOptions, ReadBackend, ReadJob, DIRECT_ALIGN};
+use super::policy::{EvictionPolicy, PerLayerLru, SlotView};
+use super::slots::SlotLayout;
+use super::stats::StoreStats;
+use super::{ExpertId, ExpertRanges, ExpertStore, ExpertWeights};
+use crate::aligned::AlignedBuf;
+use crate::error::{Error, Result};
+use crate::quant::MatRef;
+use crate::stats::Phase;
+
+/// Options of the streaming store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes for slots; `None` gives every expert a slot.
+    pub ram_budget: Option<u64>,
+    pub backend: BackendChoice,
+    pub io: IoOptions,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { ram_budget: None, backend: BackendChoice::Auto, io: IoOptions::default() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Status {
+    Empty,
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+struct Slot {
+    expert: Option<ExpertId>,
+    status: Status,
+    pins: u32,
+    last_used: u64,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    resident: HashMap<ExpertId, usize>,
+    clock: u64,
+    policy: Box<dyn EvictionPolicy>,
+    stats: StoreStats,
+}
+
+/// State shared with the read completions, which run on I/O threads.
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Experts streamed from the model file into a fixed slot pool.
+pub struct StreamingStore {
+    // Field order matters: the backend is dropped (and its threads joined) before the slots it
+    // writes into are freed.
+    backend: Box<dyn ReadBackend>,
+    slots: Vec<AlignedBuf>,
+    shared: Arc<Shared>,
+    ranges: Vec<Vec<ExpertRanges>>,
+    layout: SlotLayout,
+    path: PathBuf,
+    io: IoOptions,
+    backend_reason: String,
+    ram_budget: Option<u64>,
+    phase: AtomicU8,
+}
+
+impl StreamingStore {
+    /// Allocates the slot pool for `ranges` (indexed by layer, then expert) within the RAM
+    /// budget, and opens the I/O backend. `experts_used` is how many experts one layer needs at
+    /// once; the pool must hold at least one more than that.
+    pub fn open(path: &Path, ranges: Vec<Vec<ExpertRanges>>, experts_used: usize, options: &StoreOptions) -> Result<Self> {
+        let layout = SlotLayout::for_experts(ranges.iter().flatten());
+        let total_experts: usize = ranges.iter().map(Vec::len).sum();
+        let minimum = (experts_used + 1).min(total_experts);
+        let n_slots = match options.ram_budget {
+            None => total_experts,
+            Some(budget) => {
+                let fit = (budget / layout.slot_bytes as u64) as usize;
+                if fit < minimum {
+                    return Err(Error::Budget(format!(
+                        "a RAM budget of {budget} bytes holds {fit} slots of {} bytes, but at least {minimum} are needed \
+                         ({experts_used} experts used per layer, plus one): the minimum budget is {} bytes",
+                        layout.slot_bytes,
+                        minimum as u64 * layout.slot_bytes as u64
+                    )));
+                }
+                fit.min(total_experts)
+            }
+        };
+
+        let io_error = |e| Error::io(path, "failed to open the model file for expert reads", e);
+        let opened = open_backend(path, options.backend, options.io).map_err(io_error)?;
+
+        let mut slots = Vec::with_capacity(n_slots);
+        for _ in 0..n_slots {
+            let slot = AlignedBuf::new(layout.slot_bytes, DIRECT_ALIGN).ok_or_else(|| {
+                Error::Budget(format!("failed to allocate {n_slots} slots of {} bytes", layout.slot_bytes))
+            })?;
+            slots.push(slot);
+        }
+        opened.backend.register_buffers(&slots.iter().collect::<Vec<_>>());
+
+        let n_layer = ranges.len();
+        let state = State {
+            slots: (0..n_slots).map(|_| Slot { expert: None, status: Status::Empty, pins: 0, last_used: 0 }).collect(),
+            resident: HashMap::new(),
+            clock: 0,
+            policy: Box::new(PerLayerLru::new(n_slots, n_layer)),
+            stats: StoreStats::default(),
+        };
+        log::debug!(
+            "{}: {n_slots} slots of {} bytes, {} backend ({}), eviction {}",
+            path.display(),
+            layout.slot_bytes,
+            opened.backend.name(),
+            opened.reason,
+            state.policy.name()
+        );
+        Ok(StreamingStore {
+            backend: opened.backend,
+            slots,
+            shared: Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() }),
+            ranges,
+            layout,
+            path: path.to_path_buf(),
+            io: options.io,
+            backend_reason: opened.reason,
+            ram_budget: options.ram_budget,
+            phase: AtomicU8::new(0),
+        })
+    }
+
+    fn phase(&self) -> Phase {
+        if self.phase.load(Ordering::Relaxed) == 0 {
+            Phase::Prompt
+        } else {
+            Phase::Decode
+        }
+    }
+
+    /// Pins a slot for each of `experts`, starting demand reads for the missing ones, and waits
+    /// until all are read. Returns the slot indices in the order of `experts`.
+    fn pin(&self, layer: usize, experts: &[usize]) -> Result<Vec<usize>> {
+        let phase = self.phase();
+        let mut pinned = Vec::with_capacity(experts.len());
+        let mut reads = Vec::new();
+        let mut state = self.shared.state.lock().unwrap();
+        for &expert in experts {
+            let id = ExpertId { layer, expert };
+            state.clock += 1;
+            let now = state.clock;
+            if let Some(&index) = state.resident.get(&id) {
+                let slot = &mut state.slots[index];
+                let hit = slot.status == Status::Ready;
+                slot.pins += 1;
+                slot.last_used = now;
+                let counters = state.stats.phase_mut(phase);
+                if hit {
+                    counters.hits += 1;
+                } else {
+                    counters.misses += 1;
+                }
+                pinned.push(index);
+                continue;
+            }
+            let index = loop {
+                if let Some(index) = self.choose_slot(&mut state, id) {
+                    break index;
+                }
+                // Every slot is pinned by other requests: wait for one to be released.
+                state = self.shared.changed.wait(state).unwrap();
+            };
+            if let Some(old) = state.slots[index].expert.take() {
+                state.resident.remove(&old);
+                log::trace!("evicting expert {} of layer {} from slot {index}", old.expert, old.layer);
+            }
+            state.slots[index] = Slot { expert: Some(id), status: Status::Loading, pins: 1, last_used: now };
+            state.resident.insert(id, index);
+            let counters = state.stats.phase_mut(phase);
+            counters.misses += 1;
+            counters.reads += 1;
+            pinned.push(index);
+            reads.push((index, id));
+        }
+        drop(state);
+
+        for &(index, id) in &reads {
+            self.start_read(index, id, phase);
+        }
+
+        let wait_start = Instant::now();
+        let mut state = self.shared.state.lock().unwrap();
+        while pinned.iter().any(|&i| state.slots[i].status == Status::Loading) {
+            state = self.shared.changed.wait(state).unwrap();
+        }
+        state.stats.phase_mut(phase).io_wait_s += wait_start.elapsed().as_secs_f64();
+        let failure = pinned.iter().find_map(|&i| match &state.slots[i].status {
+            Status::Failed(message) => Some(message.clone()),
+            _ => None,
+        });
+        if let Some(message) = failure {
+            drop(state);
+            self.unpin(&pinned);
+            return Err(Error::ExpertRead { path: self.path.clone(), message });
+        }
+        Ok(pinned)
+    }
+
+    /// A free slot, or a victim chosen by the policy; `None` if every slot is pinned or loading.
+    fn choose_slot(&self, state: &mut State, incoming: ExpertId) -> Option<usize> {
+        if let Some(free) = state.slots.iter().position(|s| s.expert.is_none() && s.pins == 0) {
+            return Some(free);
+        }
+        let views: Vec<SlotView> = state
+            .slots
+            .iter()
+            .map(|s| SlotView { expert: s.expert, evictable: s.pins == 0 && s.status == Status::Ready, last_used: s.last_used })
+            .collect();
+        state.policy.choose_victim(incoming, &views)
+    }
+
+    fn start_read(&self, index: usize, id: ExpertId, phase: Phase) {
+        let ranges = &self.ranges[id.layer][id.expert];
+        let slot_ptr = self.slots[index].as_ptr() as *mut u8;
+        let chunks = self.layout.chunks(ranges, slot_ptr, self.io.chunk_bytes);
+        let shared = Arc::clone(&self.shared);
+        let started = Instant::now();
+        let first_offset = ranges.gate.offset;
+        let tensor = ranges.gate.tensor.clone();
+        log::trace!("reading expert {} of layer {} into slot {index}", id.expert, id.layer);
+
+        let job = ReadJob::new(
+            chunks.len(),
+            Box::new(move |outcome| {
+                let mut state = shared.state.lock().unwrap();
+                state.stats.record_latency(started.elapsed().as_micros() as u64);
+                state.slots[index].status = match outcome {
+                    Ok(bytes) => {
+                        state.stats.phase_mut(phase).bytes_read += bytes;
+                        Status::Ready
+                    }
+                    Err(failure) => Status::Failed(format!(
+                        "failed to read expert {} of layer {} (tensor {tensor}, data at offset {first_offset}): {failure}",
+                        id.expert, id.layer
+                    )),
+                };
+                drop(state);
+                shared.changed.notify_all();
+            }),
+        );
+        self.backend.submit(chunks, job);
+    }
+
+    fn unpin(&self, pinned: &[usize]) {
+        let mut state = self.shared.state.lock().unwrap();
+        for &index in pinned {
+            let slot = &mut state.slots[index];
+            slot.pins -= 1;
+            if slot.pins == 0 && matches!(slot.status, Status::Failed(_)) {
+                let expert = slot.expert.take();
+                slot.status = Status::Empty;
+                if let Some(id) = expert {
+                    state.resident.remove(&id);
+                }
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// Unpins on drop, so a panic or error in the caller's closure cannot leak pins.
+struct PinGuard<'a> {
+    store: &'a StreamingStore,
+    pinned: Vec<usize>,
+}
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        self.store.unpin(&self.pinned);
+    }
+}
+
+impl ExpertStore for StreamingStore {
+    fn with_experts(
+        &self,
+        layer: usize,
+        experts: &[usize],
+        f: &mut dyn FnMut(&[ExpertWeights<'_>]) -> Result<()>,
+    ) -> Result<()> {
+        let in_layer = self.ranges.get(layer).ok_or_else(|| Error::InvalidArgument(format!("layer {layer} does not exist")))?;
+        if let Some(&bad) = experts.iter().find(|&&e| e >= in_layer.len()) {
+            return Err(Error::InvalidArgument(format!("expert {bad} of layer {layer} does not exist")));
+        }
+        let guard = PinGuard { store: self, pinned: self.pin(layer, experts)? };
+
+        let mut weights = Vec::with_capacity(experts.len());
+        for (&expert, &index) in experts.iter().zip(&guard.pinned) {
+            let ranges = &in_layer[expert];
+            let slot: &[u8] = &self.slots[index];
+            let [gate, up, down] = self.layout.data_positions(ranges);
+            let mat = |range: &super::TensorRange, start: usize| {
+                MatRef::new(range.ggml_type, range.rows, range.cols, &slot[start..start + range.n_bytes as usize])
+            };
+            weights.push(ExpertWeights { gate: mat(&ranges.gate, gate), up: mat(&ranges.up, up), down: mat(&ranges.down, down) });
+        }
+        f(&weights)
+    }
+
+    fn expert_ram_bytes(&self) -> u64 {
+        (self.slots.len() * self.layout.slot_bytes) as u64
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(u8::from(phase == Phase::Decode), Ordering::Relaxed);
+    }
+
+    fn report(&self) -> StoreReport {
+        let state = self.shared.state.lock().unwrap();
+        StoreReport {
+            io_backend: self.backend.name(),
+            io_backend_reason: self.backend_reason.clone(),
+            eviction_policy: state.policy.name(),
+            slots: self.slots.len(),
+            slot_bytes: self.layout.slot_bytes as u64,
+            ram_budget_bytes: self.ram_budget,
+            read_latency_us: state.stats.latency_percentiles(),
+            stats: state.stats.clone(),
+        }
+    }
+
+    fn reset_stats(&self) {
+        self.shared.state.lock().unwrap().stats = StoreStats::default();
+    }
+}
+
+/// A snapshot of the store's configuration and counters.
+#[derive(Clone, Debug)]
+pub struct StoreReport {
+    pub io_backend: &'static str,
+    pub io_backend_reason: String,
+    pub eviction_policy: &'static str,
+    pub slots: usize,
+    pub slot_bytes: u64,
+    pub ram_budget_bytes: Option<u64>,
+    pub read_latency_us: [u64; 3],
+    pub stats: StoreStats,
+}
