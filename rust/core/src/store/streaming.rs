@@ -366,3 +366,109 @@ pub struct StoreReport {
     pub read_latency_us: [u64; 3],
     pub stats: StoreStats,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::GgmlType;
+    use crate::store::TensorRange;
+    use std::io::Write;
+
+    /// Writes a file of `n_experts` experts of three 1x1024 f32 rows each, filled with the
+    /// expert's index, and returns its path and ranges (one layer).
+    fn expert_file(name: &str, n_experts: usize) -> (PathBuf, Vec<Vec<ExpertRanges>>) {
+        let path = std::env::temp_dir().join(format!("mer-store-{name}-{}.bin", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let row = 1024 * 4;
+        let mut experts = Vec::new();
+        for e in 0..n_experts {
+            let bytes: Vec<u8> = (0..3 * 1024).flat_map(|_| (e as f32).to_le_bytes()).collect();
+            file.write_all(&bytes).unwrap();
+            let range = |part: u64| TensorRange {
+                tensor: format!("expert{e}"),
+                offset: (e * 3 * row) as u64 + part * row as u64,
+                n_bytes: row as u64,
+                ggml_type: GgmlType::F32,
+                rows: 1,
+                cols: 1024,
+            };
+            experts.push(ExpertRanges { gate: range(0), up: range(1), down: range(2) });
+        }
+        (path, vec![experts])
+    }
+
+    fn first_value(w: &ExpertWeights<'_>) -> f32 {
+        f32::from_le_bytes(w.down.data[..4].try_into().unwrap())
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_read() {
+        let (path, ranges) = expert_file("shared", 4);
+        let options = StoreOptions { backend: BackendChoice::Pread, ..StoreOptions::default() };
+        let store = StreamingStore::open(&path, ranges, 1, &options).unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    store
+                        .with_experts(0, &[2], &mut |w| {
+                            assert_eq!(first_value(&w[0]), 2.0);
+                            Ok(())
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        let report = store.report();
+        assert_eq!(report.stats.prompt.reads, 1);
+        assert_eq!(report.stats.prompt.hits + report.stats.prompt.misses, 8);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn small_pool_serves_every_expert() {
+        let (path, ranges) = expert_file("small", 6);
+        for backend in [BackendChoice::IoUring, BackendChoice::Pread, BackendChoice::Buffered] {
+            let options = StoreOptions { backend, ram_budget: Some(2 * 3 * 4096 + 100), ..StoreOptions::default() };
+            let store = StreamingStore::open(&path, ranges.clone(), 1, &options).unwrap();
+            for round in 0..3 {
+                for e in 0..6 {
+                    store
+                        .with_experts(0, &[e], &mut |w| {
+                            assert_eq!(first_value(&w[0]), e as f32, "round {round}");
+                            Ok(())
+                        })
+                        .unwrap();
+                }
+            }
+            assert_eq!(store.report().slots, 2);
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn budget_below_minimum_is_rejected() {
+        let (path, ranges) = expert_file("budget", 4);
+        let options = StoreOptions { ram_budget: Some(4096), ..StoreOptions::default() };
+        let error = StreamingStore::open(&path, ranges, 2, &options).err().expect("budget too small");
+        assert!(error.to_string().contains("minimum budget is 36864 bytes"), "{error}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn read_past_end_of_file_fails() {
+        let (path, ranges) = expert_file("shrink", 4);
+        let store = StreamingStore::open(&path, ranges, 1, &StoreOptions::default()).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 * 3 * 4096).unwrap();
+        let error = store.with_experts(0, &[3], &mut |_| Ok(())).err().expect("the read must fail");
+        let message = error.to_string();
+        assert!(message.contains("expert 3 of layer 0"), "{message}");
+        assert!(message.contains("offset 36864"), "{message}");
+        // The expert before the cut still reads.
+        store.with_experts(0, &[2], &mut |w| {
+            assert_eq!(first_value(&w[0]), 2.0);
+            Ok(())
+        })
+        .unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+}
