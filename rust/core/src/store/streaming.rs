@@ -108,6 +108,17 @@ impl StreamingStore {
             }
         };
 
+        let pool_bytes = n_slots as u64 * layout.slot_bytes as u64;
+        if let Some(available) = crate::stats::available_memory_bytes() {
+            if pool_bytes > available {
+                log::warn!(
+                    "{}: the slot pool needs {pool_bytes} bytes but only {available} bytes of memory are available; \
+                     set a RAM budget below that",
+                    path.display()
+                );
+            }
+        }
+
         let io_error = |e| Error::io(path, "failed to open the model file for expert reads", e);
         let opened = open_backend(path, options.backend, options.io).map_err(io_error)?;
 
