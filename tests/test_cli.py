@@ -18,7 +18,7 @@ def run_mer(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_lists_commands():
     result = run_mer("--help")
     assert result.returncode == 0
-    for command in ("generate", "info", "pull"):
+    for command in ("generate", "info", "pull", "synth"):
         assert command in result.stdout
 
 

@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument("--force", action="store_true", help="download again even if the file is cached")
     _add_verbosity(pull)
+
+    from .synth import add_synth_arguments
+
+    synth = commands.add_parser(
+        "synth", help="write a synthetic MoE model for benchmarks",
+        description="Write a Mixtral-layout GGUF with random weights and real shapes, tensor by tensor, "
+                    "with the default model's tokenizer. The weights route like a trained model's.",
+    )
+    add_synth_arguments(synth)
+    _add_verbosity(synth)
     _add_verbosity(parser, top_level=True)
     return parser
 
@@ -138,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(args)
         if args.command == "pull":
             return _pull(args)
+        if args.command == "synth":
+            from .synth import run_synth
+
+            return run_synth(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
