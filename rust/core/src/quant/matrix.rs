@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use super::activation::Activation;
 use super::blocks::{as_blocks, dequantize_q4_0, dequantize_q4_1, dequantize_q8_0, QK};
-use super::kernels::{dot_f16, dot_f32, dot_q4_0, dot_q4_1, dot_q8_0};
+use super::dispatch::{Kernels, TypeKernels};
 use super::types::GgmlType;
 
 /// Output rows handed to one rayon task. Each row is still reduced by exactly one thread.
@@ -40,33 +40,47 @@ impl<'a> MatRef<'a> {
         &self.data[r * n..(r + 1) * n]
     }
 
-    /// Dot product of row `r` with `x`.
+    /// Dot product of row `r` with `x`, with the kernels of [`Kernels::selected`].
     #[inline]
     pub fn dot_row(&self, r: usize, x: &Activation) -> f32 {
-        let row = self.row(r);
-        match self.ggml_type {
-            GgmlType::Q4_0 => dot_q4_0(as_blocks(row), &x.blocks),
-            GgmlType::Q4_1 => dot_q4_1(as_blocks(row), &x.blocks),
-            GgmlType::Q8_0 => dot_q8_0(as_blocks(row), &x.blocks),
-            GgmlType::F16 => dot_f16(row, &x.values),
-            GgmlType::F32 => dot_f32(row, &x.values),
-            other => unreachable!("MatRef::new rejects type {other}"),
-        }
+        let dot = Kernels::selected().for_type(self.ggml_type).one;
+        dot(self.row(r), x)
     }
 
-    /// Computes `out = self * x`, splitting rows across the current rayon pool.
+    /// Computes `out = self * x` with the kernels of [`Kernels::selected`], splitting rows
+    /// across the current rayon pool.
     pub fn matvec(&self, x: &Activation, out: &mut [f32]) {
+        self.matvec_with(Kernels::selected(), x, out);
+    }
+
+    /// Computes `out = self * x` with `kernels`, splitting rows across the current rayon pool.
+    /// Every kernel set gives bit-identical results.
+    pub fn matvec_with(&self, kernels: Kernels, x: &Activation, out: &mut [f32]) {
         assert_eq!(x.values.len(), self.cols, "input length does not match the matrix columns");
         assert_eq!(out.len(), self.rows, "output length does not match the matrix rows");
         if self.ggml_type.block_elems() == QK as u64 {
             assert_eq!(x.blocks.len() * QK, self.cols, "quantized matrix needs a quantized input");
         }
+        let kernels = kernels.for_type(self.ggml_type);
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-            let first = task * ROWS_PER_TASK;
-            for (i, o) in chunk.iter_mut().enumerate() {
-                *o = self.dot_row(first + i, x);
-            }
+            self.dot_rows(kernels, task * ROWS_PER_TASK, x, chunk);
         });
+    }
+
+    /// Computes rows `first..first + out.len()` of `self * x` into `out`: four rows at a time
+    /// where the type has a four-row kernel, then row by row.
+    fn dot_rows(&self, kernels: TypeKernels, first: usize, x: &Activation, out: &mut [f32]) {
+        let mut done = 0;
+        if let Some(four) = kernels.four {
+            for (group, o) in out.chunks_exact_mut(4).enumerate() {
+                let r = first + 4 * group;
+                o.copy_from_slice(&four([self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)], x));
+            }
+            done = out.len() / 4 * 4;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(done) {
+            *o = (kernels.one)(self.row(first + i), x);
+        }
     }
 
     /// Dequantizes row `r` into `out`.
