@@ -57,10 +57,10 @@ class Model:
         stats = self._core.stats()
         log.info(
             "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB; "
-            "%d slots of %.1f MB; I/O backend %s (%s); %d threads",
+            "%d slots of %.1f MB; I/O backend %s (%s); %s kernels, %d threads",
             self.path.name, self.config["architecture"], self.config["n_layer"], _describe_experts(self.config),
             stats["resident_bytes"] / 1e6, stats["expert_bytes"] / 1e6, stats["slots"], stats["slot_bytes"] / 1e6,
-            stats["io_backend"], stats["io_backend_reason"], stats["threads"],
+            stats["io_backend"], stats["io_backend_reason"], stats["kernels"], stats["threads"],
         )
 
     @property

@@ -323,6 +323,7 @@ impl CoreModel {
         let (prompt, decode) = (&store.stats.prompt, &store.stats.decode);
         let out = PyDict::new(py);
         out.set_item("threads", self.model.threads())?;
+        out.set_item("kernels", mer_core::quant::Kernels::selected().isa().to_string())?;
         out.set_item("io_backend", store.io_backend)?;
         out.set_item("io_backend_reason", &store.io_backend_reason)?;
         out.set_item("eviction_policy", store.eviction_policy)?;

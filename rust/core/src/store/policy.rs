@@ -6,7 +6,7 @@
 
 use super::ExpertId;
 
-/// What a policy may see of one slot.
+/// The part of a slot's state that a policy may see.
 #[derive(Clone, Copy, Debug)]
 pub struct SlotView {
     /// The expert in the slot, or `None` when it is empty.
@@ -85,7 +85,7 @@ impl EvictionPolicy for PerLayerLru {
     }
 }
 
-/// The evictable slot with the oldest use among those whose expert satisfies `filter`.
+/// Returns the evictable slot with the oldest use among those whose expert satisfies `filter`.
 fn least_recent(slots: &[SlotView], filter: impl Fn(ExpertId) -> bool) -> Option<usize> {
     slots
         .iter()

@@ -62,7 +62,7 @@ impl StoreStats {
         }
     }
 
-    /// The p50, p95 and p99 read latencies in microseconds (0 when nothing was read).
+    /// Returns the p50, p95 and p99 read latencies in microseconds (0 when nothing was read).
     pub fn latency_percentiles(&self) -> [u64; 3] {
         if self.latencies_us.is_empty() {
             return [0; 3];

@@ -1,6 +1,6 @@
 //! The streaming expert store: a fixed pool of slots, filled from the model file on demand.
 //!
-//! The life of an expert read: the forward pass asks for a layer's routed experts. A resident
+//! The life of an expert read: the forward pass requests a layer's routed experts. A resident
 //! expert is pinned at once (a hit). A missing one gets a slot (a free one, or a victim that the
 //! eviction policy picks among unpinned, fully read slots), is marked Loading and pinned, and its
 //! aligned ranges are submitted to the I/O backend (a demand read). A second request for an
@@ -237,7 +237,8 @@ impl StreamingStore {
         Ok(pinned)
     }
 
-    /// A free slot, or a victim chosen by the policy; `None` if every slot is pinned or loading.
+    /// Returns a free slot, or a victim chosen by the policy, or `None` if every slot is pinned
+    /// or loading.
     fn choose_slot(&self, state: &mut State, incoming: ExpertId) -> Option<usize> {
         if let Some(free) = state.slots.iter().position(|s| s.expert.is_none() && s.pins == 0) {
             return Some(free);

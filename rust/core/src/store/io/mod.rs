@@ -22,7 +22,7 @@ use crate::aligned::AlignedBuf;
 /// of every common device and file system, so it is safe everywhere O_DIRECT works.
 pub const DIRECT_ALIGN: usize = 4096;
 
-/// Which backend to use, as the user asks for it.
+/// The backend the user requested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
     /// io_uring, falling back to pread and then buffered reads when refused.
@@ -73,9 +73,9 @@ pub struct ReadChunk {
     pub dst: *mut u8,
 }
 
-// SAFETY: `dst` points into a slot that the expert store keeps allocated and reserved for this
-// read (pinned, in the Loading state) until the job completes, and no other code touches that
-// memory meanwhile, so the pointer may move to the I/O thread that performs the read.
+// SAFETY: `dst` points into a slot that the expert store keeps allocated and pinned in the
+// Loading state until the job completes. No other code touches that memory meanwhile, so the
+// pointer may move to the I/O thread that performs the read.
 unsafe impl Send for ReadChunk {}
 
 /// Why a read failed: the file offset of the chunk and the error.

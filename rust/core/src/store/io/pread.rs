@@ -75,8 +75,12 @@ impl ReadBackend for PreadBackend {
         let sender = self.sender.lock().unwrap();
         let sender = sender.as_ref().expect("the backend is shut down only when dropped");
         for chunk in chunks {
-            // The workers live as long as the sender, so sending cannot fail.
-            let _ = sender.send((chunk, Arc::clone(&job)));
+            // Sending fails only if every worker has stopped after a panic: fail the read then.
+            if let Err(unsent) = sender.send((chunk, Arc::clone(&job))) {
+                let (chunk, job) = unsent.0;
+                let error = io::Error::other("the pread worker threads have stopped");
+                job.chunk_done(Err(ReadFailure { offset: chunk.offset, error }));
+            }
         }
     }
 }

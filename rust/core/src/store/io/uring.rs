@@ -71,10 +71,20 @@ impl UringBackend {
 
     fn send(&self, message: Message) {
         if let Some(sender) = self.sender.lock().unwrap().as_ref() {
-            // The reactor runs until the sender is dropped, so sending cannot fail.
-            let _ = sender.send(message);
+            if let Err(unsent) = sender.send(message) {
+                fail_unsent(unsent.0);
+            }
         }
         notify(&self.wake);
+    }
+}
+
+/// Fails a read that could not reach the reactor (it stopped after a panic), so that no caller
+/// waits for it forever.
+fn fail_unsent(message: Message) {
+    if let Message::Read(chunk, job) = message {
+        let error = io::Error::other("the io_uring reactor thread has stopped");
+        job.chunk_done(Err(ReadFailure { offset: chunk.offset, error }));
     }
 }
 
@@ -92,9 +102,15 @@ impl ReadBackend for UringBackend {
 
     fn submit(&self, chunks: Vec<ReadChunk>, job: Arc<ReadJob>) {
         let sender = self.sender.lock().unwrap();
-        if let Some(sender) = sender.as_ref() {
-            for chunk in chunks {
-                let _ = sender.send(Message::Read(chunk, Arc::clone(&job)));
+        for chunk in chunks {
+            let message = Message::Read(chunk, Arc::clone(&job));
+            match sender.as_ref() {
+                Some(sender) => {
+                    if let Err(unsent) = sender.send(message) {
+                        fail_unsent(unsent.0);
+                    }
+                }
+                None => fail_unsent(message),
             }
         }
         drop(sender);
