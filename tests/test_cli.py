@@ -94,3 +94,19 @@ def test_invalid_sampling_value_is_clear_error(smollm2_file):
     assert result.returncode == 2
     assert "--top-p" in result.stderr
     assert "invalid value '0'" in result.stderr
+
+
+def test_ram_budget_option_accepts_sizes(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "Hello", "-n", "2",
+                     "--temperature", "0", "--ram-budget", "8M", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)["stats"]
+    assert stats["ram_budget_bytes"] == 8 << 20
+    assert stats["slots"] == (8 << 20) // stats["slot_bytes"]
+
+
+def test_ram_budget_option_rejects_garbage(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "Hello", "--ram-budget", "lots")
+    assert result.returncode == 2
+    assert "--ram-budget" in result.stderr
+    assert "8G" in result.stderr

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", metavar="TEXT", help="system message for --chat")
     gen.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                      help="compute threads (default: the number of physical cores)")
-    gen.add_argument("--ram-budget", type=_size, default=None, metavar="SIZE",
+    gen.add_argument("--ram-budget", type=_byte_size, default=None, metavar="SIZE",
                      help="RAM for expert slots, such as 8G or 512M (binary units); experts are then read "
                           "from the file as the router picks them (default: every expert gets a slot)")
     gen.add_argument("--io-backend", choices=["auto", "io_uring", "pread", "buffered"], default="auto",
@@ -127,7 +127,7 @@ _positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
 _non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 _positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 _probability = _number_type(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
-_size = _number_type(parse_size, lambda v: v > 0, "a size such as 8G, 512M or a number of bytes")
+_byte_size = _number_type(parse_size, lambda v: v > 0, "a size such as 8G, 512M or a number of bytes")
 _probability_above_zero = _number_type(float, lambda v: 0 < v <= 1, "a number above 0 and at most 1")
 
 
@@ -233,12 +233,12 @@ def _info(args: argparse.Namespace) -> int:
         ("vocabulary", str(config["n_vocab"])),
         ("context length", str(config["n_ctx"])),
         ("experts", experts),
-        ("resident bytes", _size(summary["resident_bytes"])),
-        ("expert bytes", _size(summary["expert_bytes"])),
-        ("bytes per expert", _size(summary["bytes_per_expert"])),
+        ("resident bytes", _format_bytes(summary["resident_bytes"])),
+        ("expert bytes", _format_bytes(summary["expert_bytes"])),
+        ("bytes per expert", _format_bytes(summary["bytes_per_expert"])),
     ]
     for name, entry in summary["tensor_types"].items():
-        rows.append((f"tensors {name}", f"{entry['tensors']} tensors, {_size(entry['bytes'])}"))
+        rows.append((f"tensors {name}", f"{entry['tensors']} tensors, {_format_bytes(entry['bytes'])}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -252,7 +252,7 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _size(n: int) -> str:
+def _format_bytes(n: int) -> str:
     """Format a byte count with its exact value and a readable unit."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
