@@ -200,12 +200,14 @@ def _generate(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
         return 0
 
+    generation.log_summary_at_end = False
     for piece in generation:
         sys.stdout.write(piece)
         sys.stdout.flush()
     if not generation.text.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
+    generation.log_summary()
     return 0
 
 

@@ -138,6 +138,8 @@ class Generation:
         self.generated_ids: list[int] = []
         self.text = ""
         self.stop_reason: str | None = None
+        # The CLI turns this off so that it can end the streamed text before the summary.
+        self.log_summary_at_end = True
         self._model = model
         self._max_tokens = max_tokens
         self._sampler = sampler
@@ -204,7 +206,12 @@ class Generation:
                 yield full_text[emitted:]
                 emitted = len(full_text)
         self.text = full_text[:emitted]
-        _log_summary(model.stats(), self.stop_reason)
+        if self.log_summary_at_end:
+            self.log_summary()
+
+    def log_summary(self) -> None:
+        """Log the run summary at INFO: tokens/s per phase, expert hits, I/O and memory."""
+        _log_summary(self._model.stats(), self.stop_reason)
 
 
 def _stop_scan(text: str, stops: list[str], emitted: int) -> tuple[int, bool]:

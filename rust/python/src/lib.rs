@@ -340,11 +340,8 @@ impl CoreModel {
         out.set_item("hit_rate", decode.hit_rate())?;
         out.set_item("bytes_read", decode.bytes_read)?;
         out.set_item("expert_reads", decode.reads)?;
-        let latency = PyDict::new(py);
-        latency.set_item("p50", store.read_latency_us[0])?;
-        latency.set_item("p95", store.read_latency_us[1])?;
-        latency.set_item("p99", store.read_latency_us[2])?;
-        out.set_item("read_latency_us", latency)?;
+        out.set_item("read_latency_us", percentiles(py, decode.latency_percentiles())?)?;
+        out.set_item("prompt_read_latency_us", percentiles(py, prompt.latency_percentiles())?)?;
         out.set_item("io_wait_s", decode.io_wait_s)?;
         out.set_item("compute_s", (s.decode_s - decode.io_wait_s).max(0.0))?;
         out.set_item("io_share", if s.decode_s > 0.0 { decode.io_wait_s / s.decode_s } else { 0.0 })?;
@@ -362,6 +359,14 @@ impl CoreModel {
         out.set_item("peak_rss_bytes", mer_core::stats::peak_rss_bytes())?;
         Ok(out)
     }
+}
+
+fn percentiles(py: Python<'_>, values: [u64; 3]) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("p50", values[0])?;
+    out.set_item("p95", values[1])?;
+    out.set_item("p99", values[2])?;
+    Ok(out)
 }
 
 #[pymodule]

@@ -5,7 +5,7 @@ use crate::stats::Phase;
 /// Most read latencies kept for percentiles; later reads overwrite the oldest.
 const MAX_LATENCIES: usize = 1 << 20;
 
-/// Hits, misses, bytes and waiting time of one phase.
+/// Hits, misses, bytes, waiting time and read latencies of one phase.
 #[derive(Clone, Debug, Default)]
 pub struct PhaseCounters {
     /// Routed experts that were resident when their layer needed them.
@@ -18,36 +18,19 @@ pub struct PhaseCounters {
     pub reads: u64,
     /// Seconds the forward pass waited for expert reads.
     pub io_wait_s: f64,
+    /// Latency of each expert read (submit to completion), in microseconds.
+    latencies_us: Vec<u32>,
+    next_latency: usize,
 }
 
 impl PhaseCounters {
-    /// hits / (hits + misses), or 0 before any access.
+    /// Returns hits / (hits + misses), or 0 before any access.
     pub fn hit_rate(&self) -> f64 {
         let total = self.hits + self.misses;
         if total == 0 {
             0.0
         } else {
             self.hits as f64 / total as f64
-        }
-    }
-}
-
-/// All store counters.
-#[derive(Clone, Debug, Default)]
-pub struct StoreStats {
-    pub prompt: PhaseCounters,
-    pub decode: PhaseCounters,
-    /// Latency of each expert read (submit to completion), in microseconds.
-    latencies_us: Vec<u32>,
-    next_latency: usize,
-}
-
-impl StoreStats {
-    /// The counters of `phase`.
-    pub fn phase_mut(&mut self, phase: Phase) -> &mut PhaseCounters {
-        match phase {
-            Phase::Prompt => &mut self.prompt,
-            Phase::Decode => &mut self.decode,
         }
     }
 
@@ -70,5 +53,22 @@ impl StoreStats {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
         [0.50, 0.95, 0.99].map(|q| u64::from(sorted[((sorted.len() - 1) as f64 * q).round() as usize]))
+    }
+}
+
+/// All store counters.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub prompt: PhaseCounters,
+    pub decode: PhaseCounters,
+}
+
+impl StoreStats {
+    /// Returns the counters of `phase`.
+    pub fn phase_mut(&mut self, phase: Phase) -> &mut PhaseCounters {
+        match phase {
+            Phase::Prompt => &mut self.prompt,
+            Phase::Decode => &mut self.decode,
+        }
     }
 }

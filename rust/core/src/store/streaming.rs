@@ -265,7 +265,7 @@ impl StreamingStore {
             chunks.len(),
             Box::new(move |outcome| {
                 let mut state = shared.state.lock().unwrap();
-                state.stats.record_latency(started.elapsed().as_micros() as u64);
+                state.stats.phase_mut(phase).record_latency(started.elapsed().as_micros() as u64);
                 state.slots[index].status = match outcome {
                     Ok(bytes) => {
                         state.stats.phase_mut(phase).bytes_read += bytes;
@@ -356,7 +356,6 @@ impl ExpertStore for StreamingStore {
             slots: self.slots.len(),
             slot_bytes: self.layout.slot_bytes as u64,
             ram_budget_bytes: self.ram_budget,
-            read_latency_us: state.stats.latency_percentiles(),
             stats: state.stats.clone(),
         }
     }
@@ -375,7 +374,6 @@ pub struct StoreReport {
     pub slots: usize,
     pub slot_bytes: u64,
     pub ram_budget_bytes: Option<u64>,
-    pub read_latency_us: [u64; 3],
     pub stats: StoreStats,
 }
 
