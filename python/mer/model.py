@@ -56,10 +56,10 @@ class Model:
             )
         stats = self._core.stats()
         log.info(
-            "opened %s: %s, %d layers, %s, resident weights %.1f MB, expert weights %.1f MB; "
-            "%d slots of %.1f MB; I/O backend %s (%s); %s kernels, %d threads",
+            "opened %s: %s, %d layers, %s, resident weights %.1f MiB, expert weights %.1f MiB; "
+            "%d slots of %.1f MiB; I/O backend %s (%s); %s kernels, %d threads",
             self.path.name, self.config["architecture"], self.config["n_layer"], _describe_experts(self.config),
-            stats["resident_bytes"] / 1e6, stats["expert_bytes"] / 1e6, stats["slots"], stats["slot_bytes"] / 1e6,
+            stats["resident_bytes"] / MIB, stats["expert_bytes"] / MIB, stats["slots"], stats["slot_bytes"] / MIB,
             stats["io_backend"], stats["io_backend_reason"], stats["kernels"], stats["threads"],
         )
 
@@ -245,20 +245,21 @@ def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
     latency = stats["read_latency_us"]
     budget = stats["ram_budget_bytes"]
     log.info(
-        "run summary: prompt %d tokens at %.2f tokens/s; decode %d tokens at %.2f tokens/s (stop: %s)\n"
-        "  experts: hit rate %.3f (%d hits, %d misses), %.1f MB read, I/O share %.3f "
+        "run summary: prompt %d tokens at %.2f tokens/s; decode %d forward passes at %.2f tokens/s (stop: %s)\n"
+        "  decode experts: hit rate %.3f (%d hits, %d misses), %.1f MiB read, I/O share %.3f "
         "(I/O wait %.2f s, compute %.2f s), read latency p50/p95/p99 %d/%d/%d us\n"
-        "  memory: %s backend, %d slots of %.1f MB, RAM budget %s, resident weights %.1f MB, "
-        "KV cache %.1f MB, peak RSS %.1f MB; %d threads",
+        "  memory: %s backend, %d slots of %.1f MiB, RAM budget %s, resident weights %.1f MiB, "
+        "KV cache %.1f MiB, peak RSS %.1f MiB; %d threads",
         stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"], stats["decode_tokens_per_s"],
-        stop_reason, stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / 1e6,
+        stop_reason, stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / MIB,
         stats["io_share"], stats["io_wait_s"], stats["compute_s"], latency["p50"], latency["p95"], latency["p99"],
-        stats["io_backend"], stats["slots"], stats["slot_bytes"] / 1e6,
-        "none" if budget is None else f"{budget / 2**30:.2f} GiB", stats["resident_bytes"] / 1e6,
-        stats["kv_cache_bytes"] / 1e6, stats["peak_rss_bytes"] / 1e6, stats["threads"],
+        stats["io_backend"], stats["slots"], stats["slot_bytes"] / MIB,
+        "none (every expert has a slot)" if budget is None else f"{budget / 2**30:.2f} GiB",
+        stats["resident_bytes"] / MIB, stats["kv_cache_bytes"] / MIB, stats["peak_rss_bytes"] / MIB, stats["threads"],
     )
 
 
+MIB = 1 << 20
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

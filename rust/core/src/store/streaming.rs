@@ -97,11 +97,13 @@ impl StreamingStore {
             Some(budget) => {
                 let fit = (budget / layout.slot_bytes as u64) as usize;
                 if fit < minimum {
+                    let needed = minimum as u64 * layout.slot_bytes as u64;
                     return Err(Error::Budget(format!(
-                        "a RAM budget of {budget} bytes holds {fit} slots of {} bytes, but at least {minimum} are needed \
-                         ({experts_used} experts used per layer, plus one): the minimum budget is {} bytes",
+                        "a RAM budget of {budget} bytes holds {fit} slot(s) of {} bytes, but {minimum} are needed \
+                         (the experts one layer uses, {experts_used}, plus one): the minimum budget is {needed} bytes \
+                         ({}M)",
                         layout.slot_bytes,
-                        minimum as u64 * layout.slot_bytes as u64
+                        needed.div_ceil(1 << 20)
                     )));
                 }
                 fit.min(total_experts)
