@@ -175,3 +175,27 @@ def test_peak_rss_within_budget(tmp_path):
     overhead = 32 << 20
     bound = stats["before"] + stats["resident_bytes"] + stats["ram_budget_bytes"] + stats["kv_cache_bytes"] + overhead
     assert stats["peak_rss_bytes"] <= bound, (stats["peak_rss_bytes"] - stats["before"]) / 2**20
+
+
+def test_nan_scale_raises_instead_of_zero_logits(smollm2_file, tmp_path):
+    """A NaN scale in one FFN tensor must surface as an error, not vanish into zero logits."""
+    import struct
+
+    path = tmp_path / "nan.gguf"
+    shutil.copyfile(smollm2_file, path)
+    down = next(t for t in mer._core.read_gguf(path)["tensors"] if t["name"] == "blk.5.ffn_down.weight")
+    with open(path, "r+b") as f:
+        f.seek(down["offset"])
+        f.write(struct.pack("<H", 0x7E00))  # an f16 NaN as the first block's scale
+    model = mer.Model(path, threads=2)
+    with pytest.raises(mer.MerError, match="non-finite logits"):
+        model.logits(TEXT_IDS[:3])
+
+
+def test_interleaved_generations_raise(smollm2):
+    first = smollm2.generate("The capital of France is", max_tokens=4, temperature=0)
+    next(first)
+    second = smollm2.generate("Once upon a time", max_tokens=4, temperature=0)
+    next(second)
+    with pytest.raises(mer.MerError, match="another call used this model"):
+        list(first)

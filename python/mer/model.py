@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from .default_model import resolve_model_path
-from .errors import ContextFullError
+from .errors import ContextFullError, MerError
 from .sampling import Sampler, SamplerSettings
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -43,6 +43,8 @@ class Model:
         ram_budget: str | int | None = None,
         io_backend: str = "auto",
     ) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         self.path = resolve_model_path(path)
         budget = None if ram_budget is None else parse_size(ram_budget)
         self._core = _core.CoreModel(self.path, threads, budget, io_backend)
@@ -83,8 +85,7 @@ class Model:
         ids = list(ids)
         if not ids:
             return np.zeros((0, self.n_vocab), dtype=np.float32)
-        self._core.reset()
-        return self._core.eval(ids, all_logits=True, phase="prompt")
+        return _check_finite(self._core.eval(ids, all_logits=True, phase="prompt", reset=True))
 
     def generate(
         self,
@@ -160,10 +161,9 @@ class Generation:
         full_text = ""
         emitted = 0
 
-        core.reset()
         core.reset_stats()
         try:
-            logits = core.eval(self.prompt_ids, all_logits=False, phase="prompt")[0]
+            logits = _check_finite(core.eval(self.prompt_ids, all_logits=False, phase="prompt", reset=True))[0]
         except ContextFullError as e:
             raise ContextFullError(
                 f"the prompt has {len(self.prompt_ids)} tokens, more than the context of "
@@ -194,7 +194,8 @@ class Generation:
                 break
 
             try:
-                logits = core.eval([token], all_logits=False, phase="decode")[0]
+                n_past = len(self.prompt_ids) + len(self.generated_ids) - 1
+                logits = _check_finite(core.eval([token], phase="decode", expect_n_past=n_past))[0]
             except ContextFullError:
                 log.warning("the context of %d tokens is full; generation stops here", model.config["n_ctx"])
                 self.stop_reason = "context"
@@ -212,6 +213,17 @@ class Generation:
     def log_summary(self) -> None:
         """Log the run summary at INFO: tokens/s per phase, expert hits, I/O and memory."""
         _log_summary(self._model.stats(), self.stop_reason)
+
+
+def _check_finite(logits: np.ndarray) -> np.ndarray:
+    """Return `logits`, or raise MerError if any is NaN or infinite (corrupt weights)."""
+    if not np.isfinite(logits).all():
+        rows = sorted({int(r) for r in np.argwhere(~np.isfinite(logits))[:, 0]})
+        raise MerError(
+            f"the forward pass produced non-finite logits (rows {rows[:8]}): the model's weights "
+            "are probably corrupt (NaN or infinite scales)"
+        )
+    return logits
 
 
 def _stop_scan(text: str, stops: list[str], emitted: int) -> tuple[int, bool]:
@@ -271,8 +283,8 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, bool):
         raise ValueError(f"invalid size {value!r}")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"invalid size {value}: expected a positive number of bytes")
+        if not 0 < value < 2**63:
+            raise ValueError(f"invalid size {value}: expected a positive number of bytes below 8 EiB")
         return value
     text = str(value).strip().upper().removesuffix("B").removesuffix("I")
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
@@ -281,6 +293,6 @@ def parse_size(value: str | int) -> int:
         size = float(number) * _SIZE_UNITS[unit]
     except ValueError:
         raise ValueError(f"invalid size {value!r}: expected a number with an optional unit K, M, G or T, such as 8G") from None
-    if not size >= 1:
-        raise ValueError(f"invalid size {value!r}: expected a positive size")
+    if not 1 <= size < 2**63:
+        raise ValueError(f"invalid size {value!r}: expected a positive size below 8 EiB")
     return int(size)

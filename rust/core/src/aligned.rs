@@ -8,6 +8,12 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
+/// Buffers of at least this size are mapped from the kernel rather than taken from the heap.
+const MMAP_THRESHOLD: usize = 1 << 20;
+/// The page size that anonymous mappings are aligned to (4096 on every Linux target MER builds
+/// for; larger pages only make the alignment stronger).
+const PAGE_SIZE: usize = 4096;
+
 /// An owned, zero-initialised byte buffer whose start is aligned to `align` bytes.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
@@ -27,9 +33,33 @@ impl AlignedBuf {
     pub fn new(len: usize, align: usize) -> Option<Self> {
         // A zero-sized allocation is undefined for the global allocator, so allocate one block.
         let layout = Layout::from_size_align(len.max(align), align).ok()?;
+        if layout.size() >= MMAP_THRESHOLD && align <= PAGE_SIZE {
+            return Self::mapped(len, layout);
+        }
         // SAFETY: the layout has a non-zero size (at least `align`, which is >= 1).
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
         Some(AlignedBuf { ptr, len, layout })
+    }
+
+    /// Maps anonymous memory: page-aligned and zero-filled by the kernel on first touch, so an
+    /// unused slot costs no RAM. (`alloc_zeroed` with an alignment above 16 writes every byte.)
+    fn mapped(len: usize, layout: Layout) -> Option<Self> {
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+        // result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        Some(AlignedBuf { ptr: NonNull::new(ptr.cast())?, len, layout })
     }
 
     /// The buffer's length in bytes.
@@ -62,7 +92,12 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr` was returned by `alloc_zeroed` with exactly this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        if self.layout.size() >= MMAP_THRESHOLD && self.layout.align() <= PAGE_SIZE {
+            // SAFETY: `ptr` was returned by `mmap` for exactly `layout.size()` bytes.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.layout.size()) };
+        } else {
+            // SAFETY: `ptr` was returned by `alloc_zeroed` with exactly this layout.
+            unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        }
     }
 }

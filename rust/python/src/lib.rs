@@ -248,13 +248,18 @@ impl CoreModel {
     /// Processes `tokens` after those already in the context and returns float32 logits of
     /// shape (len(tokens), n_vocab), or (1, n_vocab) for the last token only when `all_logits`
     /// is false. `phase` is "prompt" or "decode" and selects which statistics the call counts in.
-    #[pyo3(signature = (tokens, all_logits=false, phase="prompt"))]
+    /// `reset` empties the context first, in the same locked step. `expect_n_past`, when given,
+    /// must equal the tokens already in the context: a mismatch means another caller changed the
+    /// context, and raises MerError. Ctrl-C is honoured between tokens.
+    #[pyo3(signature = (tokens, all_logits=false, phase="prompt", reset=false, expect_n_past=None))]
     fn eval<'py>(
         &self,
         py: Python<'py>,
         tokens: Vec<Bound<'py, PyAny>>,
         all_logits: bool,
         phase: &str,
+        reset: bool,
+        expect_n_past: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         if tokens.is_empty() {
             return Err(PyValueError::new_err("eval needs at least one token"));
@@ -275,12 +280,43 @@ impl CoreModel {
             "decode" => Phase::Decode,
             other => return Err(PyValueError::new_err(format!("phase must be \"prompt\" or \"decode\", not {other:?}"))),
         };
-        let mode = if all_logits { Logits::All } else { Logits::Last };
+
+        // Wait for the context without holding the GIL, so a thread using it can finish. (A
+        // guard cannot cross `detach`, so poll with short sleeps instead of blocking.)
+        let mut kv = loop {
+            match self.kv.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| std::thread::sleep(std::time::Duration::from_millis(1))),
+            }
+        };
+        if reset {
+            kv.clear();
+        }
+        if let Some(expected) = expect_n_past {
+            if kv.len() != expected {
+                return Err(mer_exception(
+                    py,
+                    "MerError",
+                    format!(
+                        "the context holds {} tokens, expected {expected}: another call used this model meanwhile; \
+                         one Model runs one generation at a time, so open a second Model for concurrent use",
+                        kv.len()
+                    ),
+                ));
+            }
+        }
+
         let rows = if all_logits { tokens.len() } else { 1 };
-        let logits = run_detached(py, || {
-            let mut kv = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.model.eval(&mut kv, &tokens, mode, phase)
-        })?;
+        let mut logits = Vec::with_capacity(rows * n_vocab);
+        for (i, &token) in tokens.iter().enumerate() {
+            let want = all_logits || i + 1 == tokens.len();
+            let mode = if want { Logits::Last } else { Logits::None };
+            let cache: &mut KvCache = &mut kv;
+            let row = run_detached(py, || self.model.eval(cache, &[token], mode, phase))?;
+            logits.extend_from_slice(&row);
+            py.check_signals()?;
+        }
         let array = Array2::from_shape_vec((rows, n_vocab), logits).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(array.into_pyarray(py))
     }
@@ -372,6 +408,9 @@ fn percentiles(py: Python<'_>, values: [u64; 3]) -> PyResult<Bound<'_, PyDict>> 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_log::init();
+    // Load NumPy's C API now. Loaded lazily, it would load on the first returned array, and a
+    // pending Ctrl-C would make that load fail and panic.
+    let _ = PyArray1::<f32>::zeros(m.py(), 0, false);
     m.add_class::<CoreModel>()?;
     m.add_function(wrap_pyfunction!(read_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_tensor, m)?)?;

@@ -37,6 +37,8 @@ pub enum Logits {
     All,
     /// Only the row of the last token.
     Last,
+    /// No logits: the tokens only fill the KV cache.
+    None,
 }
 
 /// An open model: resident weights in RAM, experts behind the expert store.
@@ -128,7 +130,7 @@ impl Model {
         let result = self.pool.install(|| {
             let mut out = Vec::with_capacity(if logits == Logits::All { n * self.config.n_vocab } else { self.config.n_vocab });
             for (i, &token) in tokens.iter().enumerate() {
-                let want = logits == Logits::All || i + 1 == n;
+                let want = logits == Logits::All || (logits == Logits::Last && i + 1 == n);
                 match self.forward_token(kv, token, want) {
                     Ok(Some(row)) => out.extend_from_slice(&row),
                     Ok(None) => {}

@@ -40,8 +40,10 @@ pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8Act> {
     x.chunks_exact(QK)
         .map(|chunk| {
             let amax = chunk.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv_d = if d == 0.0 { 0.0 } else { 1.0 / d };
+            // f32::max skips NaN, so a NaN or infinite input would quantize to zeros and vanish.
+            // A NaN scale makes every product with this block NaN, so the fault reaches the logits.
+            let d = if chunk.iter().all(|v| v.is_finite()) { amax / 127.0 } else { f32::NAN };
+            let inv_d = if d == 0.0 || d.is_nan() { 0.0 } else { 1.0 / d };
             let mut qs = [0i8; QK];
             let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(chunk) {

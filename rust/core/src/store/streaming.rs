@@ -121,7 +121,15 @@ impl StreamingStore {
             }
         }
 
-        let io_error = |e| Error::io(path, "failed to open the model file for expert reads", e);
+        let io_error = |e: std::io::Error| {
+            let context = if e.raw_os_error() == Some(libc::EINVAL) && options.backend != BackendChoice::Buffered {
+                "failed to open the model file with O_DIRECT for expert reads (the file system may not support \
+                 O_DIRECT: use the buffered or auto I/O backend)"
+            } else {
+                "failed to open the model file for expert reads"
+            };
+            Error::io(path, context, e)
+        };
         let opened = open_backend(path, options.backend, options.io).map_err(io_error)?;
 
         let mut slots = Vec::with_capacity(n_slots);
@@ -259,8 +267,7 @@ impl StreamingStore {
         let chunks = self.layout.chunks(ranges, slot_ptr, self.io.chunk_bytes);
         let shared = Arc::clone(&self.shared);
         let started = Instant::now();
-        let first_offset = ranges.gate.offset;
-        let tensor = ranges.gate.tensor.clone();
+        let parts = [ranges.gate.clone(), ranges.up.clone(), ranges.down.clone()];
         log::trace!("reading expert {} of layer {} into slot {index}", id.expert, id.layer);
 
         let job = ReadJob::new(
@@ -273,10 +280,18 @@ impl StreamingStore {
                         state.stats.phase_mut(phase).bytes_read += bytes;
                         Status::Ready
                     }
-                    Err(failure) => Status::Failed(format!(
-                        "failed to read expert {} of layer {} (tensor {tensor}, data at offset {first_offset}): {failure}",
-                        id.expert, id.layer
-                    )),
+                    Err(failure) => {
+                        // Name the range whose aligned read contains the failed offset.
+                        let align = DIRECT_ALIGN as u64;
+                        let part = parts
+                            .iter()
+                            .find(|r| (r.offset / align * align..(r.offset + r.n_bytes).div_ceil(align) * align).contains(&failure.offset))
+                            .unwrap_or(&parts[0]);
+                        Status::Failed(format!(
+                            "failed to read expert {} of layer {} (tensor {}, expert data at offset {}): {failure}",
+                            id.expert, id.layer, part.tensor, part.offset
+                        ))
+                    }
                 };
                 drop(state);
                 shared.changed.notify_all();

@@ -20,8 +20,9 @@ const WAKE: u64 = u64::MAX;
 
 enum Message {
     Read(ReadChunk, Arc<ReadJob>),
-    /// Fixed buffers to register: (start address, length) of each slot.
-    Register(Vec<(usize, usize)>),
+    /// Fixed buffers to register: (start address, length) of each slot, and where to report
+    /// that registration is done.
+    Register(Vec<(usize, usize)>, Sender<()>),
 }
 
 /// The reactor thread and the channel to it.
@@ -118,7 +119,12 @@ impl ReadBackend for UringBackend {
     }
 
     fn register_buffers(&self, buffers: &[&AlignedBuf]) {
-        self.send(Message::Register(buffers.iter().map(|b| (b.as_ptr() as usize, b.len())).collect()));
+        // Wait for the reactor to finish: it logs the outcome, and a log record from the reactor
+        // needs the Python GIL, which this caller has released. Logging later, while a caller
+        // holding the GIL joins the reactor on drop, would deadlock.
+        let (done, finished) = channel();
+        self.send(Message::Register(buffers.iter().map(|b| (b.as_ptr() as usize, b.len())).collect(), done));
+        let _ = finished.recv();
     }
 }
 
@@ -160,7 +166,10 @@ impl Reactor {
             loop {
                 match receiver.try_recv() {
                     Ok(Message::Read(chunk, job)) => waiting.push_back((chunk, job)),
-                    Ok(Message::Register(buffers)) => self.register(buffers),
+                    Ok(Message::Register(buffers, done)) => {
+                        self.register(buffers);
+                        let _ = done.send(());
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         closed = true;
