@@ -100,11 +100,6 @@ impl<'g> TensorLoader<'g> {
         Ok(out)
     }
 
-    /// Marks a tensor as used without reading it (the expert store reads experts itself).
-    pub fn mark_used(&self, name: &str) {
-        self.used.lock().unwrap().insert(name.to_string());
-    }
-
     /// Rejects the file if it has tensors that the forward pass would not use.
     pub fn reject_unused(&self) -> Result<()> {
         let used = self.used.lock().unwrap();

@@ -28,11 +28,6 @@ impl Activation {
         let blocks = if values.len() % QK == 0 { quantize_q8(&values) } else { Vec::new() };
         Activation { values, blocks }
     }
-
-    /// Wraps a vector that only float matrices multiply.
-    pub fn float_only(values: Vec<f32>) -> Self {
-        Activation { values, blocks: Vec::new() }
-    }
 }
 
 /// Quantizes `x` (length a multiple of 32) to int8 blocks: d = max|x| / 127, q = round(x / d).
