@@ -55,8 +55,10 @@ def test_info_reports_model(smollm2_file):
     assert result.returncode == 0, result.stderr
     assert "llama" in result.stdout
     assert "30" in result.stdout
-    assert "Q4_1" in result.stdout and "Q8_0" in result.stdout
-    assert "resident bytes" in result.stdout and "expert bytes" in result.stdout
+    assert "Q4_1" in result.stdout
+    assert "Q8_0" in result.stdout
+    assert "resident bytes" in result.stdout
+    assert "expert bytes" in result.stdout
 
 
 def test_info_json_counts_experts(tmp_path):

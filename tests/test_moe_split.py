@@ -11,9 +11,9 @@ across a rounding boundary. The changed quantum then moves many more values acro
 in the layers after it. Measured on the 13-token prompt below: logits bit-identical to the
 dense model's with the first 1, 2 or 4 layers, but a max row error of 0.005 with 8 layers and
 0.058 with all 30. MER's logits for the dense file differ from the float64 reference by up to
-0.107. So the split with one layer, where only the output matrix's input is rounded after the
-FFN, is compared at float tolerance, and the full model with llama.cpp's criteria: top-1 equal
-where the margin is comfortable, and a small mean top-logit difference.
+0.107. So a one-layer split is compared at float tolerance, because there only the output
+matrix's input is rounded after the FFN. The full model is compared with llama.cpp's criteria:
+top-1 equal where the margin is comfortable, and a small mean top-logit difference.
 
 With 2 of the 8 experts used, the zero router picks experts 0 and 1 with weight 1/2 each. That
 FFN is 4 times the FFN of the first 384 neurons, a damaged model that amplifies small

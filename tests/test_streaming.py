@@ -1,5 +1,7 @@
-"""The expert store under a RAM budget: same logits at any budget, backend and thread count;
-clear errors for a budget below the minimum and for a file that shrinks; stats that add up."""
+"""The expert store under a RAM budget.
+
+Logits must be the same at any budget, backend and thread count. A budget below the minimum and
+a file that shrinks must give clear errors, and the stats must add up."""
 
 from __future__ import annotations
 

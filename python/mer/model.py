@@ -160,6 +160,8 @@ class Generation:
         eog = model.tokenizer.eog_ids
         full_text = ""
         emitted = 0
+        # Token ids seen so far, for the repetition penalty; appended to, not rebuilt per token.
+        history = list(self.prompt_ids)
 
         core.reset_stats()
         try:
@@ -174,11 +176,12 @@ class Generation:
             if len(self.generated_ids) >= self._max_tokens:
                 self.stop_reason = "length"
                 break
-            token = self._sampler.sample(logits, self.prompt_ids + self.generated_ids)
+            token = self._sampler.sample(logits, history)
             if token in eog:
                 self.stop_reason = "eog"
                 break
             self.generated_ids.append(token)
+            history.append(token)
             full_text += decoder.feed(token)
 
             end, found = _stop_scan(full_text, self._stop, emitted)

@@ -62,12 +62,12 @@ impl AlignedBuf {
         Some(AlignedBuf { ptr: NonNull::new(ptr.cast())?, len, layout })
     }
 
-    /// The buffer's length in bytes.
+    /// Returns the buffer's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether the buffer is empty.
+    /// Returns whether the buffer is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -343,7 +343,8 @@ impl CoreModel {
         metadata_dict(py, &self.model.gguf)
     }
 
-    /// The model's shape: architecture, layers, widths, heads, experts, context and vocabulary.
+    /// Returns the model's shape: architecture, layers, widths, heads, experts, context and
+    /// vocabulary.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         config_dict(py, &self.model.config)

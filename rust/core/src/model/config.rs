@@ -29,9 +29,19 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the hyperparameters from metadata. The vocabulary size comes from the embedding
-    /// tensor, which the caller passes after checking it exists.
-    pub fn from_gguf(gguf: &GgufFile, n_vocab: usize) -> Result<Self> {
+    /// Reads the hyperparameters from metadata, and the vocabulary size from the token
+    /// embedding's shape.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let embd = gguf
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::format(&gguf.path, None, "missing tensor token_embd.weight"))?;
+        let n_vocab = match embd.dims.as_slice() {
+            [_, n] => *n as usize,
+            dims => {
+                return Err(Error::format(&gguf.path, embd.index_offset, format!("tensor token_embd.weight has shape {dims:?}")))
+            }
+        };
+
         let architecture = gguf
             .optional_str("general.architecture")?
             .ok_or_else(|| Error::format(&gguf.path, None, "missing metadata key general.architecture"))?

@@ -104,8 +104,8 @@ impl Model {
         out
     }
 
-    /// The FFN: the router picks experts (a dense layer has one), and their SwiGLU outputs are
-    /// summed with the router weights.
+    /// Runs the FFN: the router picks experts (a dense layer has one), and their SwiGLU outputs
+    /// are summed with the router weights.
     fn feed_forward(&self, layer: usize, w: &LayerWeights, xn: &Activation) -> Result<Vec<f32>> {
         let c = &self.config;
         let (experts, expert_weights) = match &w.router {

@@ -13,8 +13,8 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `n_layer` layers of `kv_dim` floats per token, holding at most
-    /// `capacity` tokens.
+    /// Creates an empty cache for `n_layer` layers of `kv_dim` floats per token, with room for
+    /// at most `capacity` tokens.
     pub fn new(n_layer: usize, kv_dim: usize, capacity: usize) -> Self {
         KvCache { keys: vec![Vec::new(); n_layer], values: vec![Vec::new(); n_layer], kv_dim, len: 0, capacity }
     }
@@ -24,7 +24,7 @@ impl KvCache {
         self.len
     }
 
-    /// Whether no token is stored.
+    /// Returns whether no token is stored.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

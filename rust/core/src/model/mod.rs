@@ -69,16 +69,7 @@ impl Model {
         );
         let loader = TensorLoader::new(&gguf)?;
 
-        let embd = gguf
-            .tensor("token_embd.weight")
-            .ok_or_else(|| Error::format(&gguf.path, None, "missing tensor token_embd.weight"))?;
-        let n_vocab = match embd.dims.as_slice() {
-            [_, n] => *n as usize,
-            dims => {
-                return Err(Error::format(&gguf.path, embd.index_offset, format!("tensor token_embd.weight has shape {dims:?}")))
-            }
-        };
-        let config = Config::from_gguf(&gguf, n_vocab)?;
+        let config = Config::from_gguf(&gguf)?;
 
         let weights = ResidentWeights::load(&loader, &config)?;
         let ranges = experts::locate_experts(&loader, &config)?;
@@ -114,7 +105,7 @@ impl Model {
         })
     }
 
-    /// A new, empty KV cache for this model.
+    /// Creates an empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.n_layer, self.config.n_head_kv * self.config.head_dim, self.config.n_ctx)
     }
@@ -146,7 +137,7 @@ impl Model {
         result
     }
 
-    /// A copy of the run statistics.
+    /// Returns a copy of the run statistics.
     pub fn stats(&self) -> RunStats {
         self.stats.lock().unwrap().clone()
     }
@@ -157,7 +148,7 @@ impl Model {
         self.store.reset_stats();
     }
 
-    /// The expert store's configuration and counters.
+    /// Returns the expert store's configuration and counters.
     pub fn store_report(&self) -> StoreReport {
         self.store.report()
     }
@@ -201,11 +192,7 @@ pub struct ModelSummary {
 pub fn describe(path: impl AsRef<Path>) -> Result<ModelSummary> {
     let gguf = GgufFile::open(path)?;
     let loader = TensorLoader::new(&gguf)?;
-    let embd = gguf
-        .tensor("token_embd.weight")
-        .ok_or_else(|| Error::format(&gguf.path, None, "missing tensor token_embd.weight"))?;
-    let n_vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
-    let config = Config::from_gguf(&gguf, n_vocab)?;
+    let config = Config::from_gguf(&gguf)?;
     let ranges = experts::locate_experts(&loader, &config)?;
     let expert_bytes: u64 = ranges.iter().flatten().map(|r| r.n_bytes()).sum();
     let bytes_per_expert = ranges.first().and_then(|l| l.first()).map_or(0, |r| r.n_bytes());

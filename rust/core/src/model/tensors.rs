@@ -43,7 +43,7 @@ impl<'g> TensorLoader<'g> {
         Ok(TensorLoader { gguf, file, used: Mutex::new(HashSet::new()) })
     }
 
-    /// Whether the file has a tensor of this name.
+    /// Returns whether the file has a tensor of this name.
     pub fn has(&self, name: &str) -> bool {
         self.gguf.tensor(name).is_some()
     }

@@ -73,7 +73,7 @@ impl ResidentWeights {
         total
     }
 
-    /// The output projection: `output.weight`, or the token embedding when they are tied.
+    /// Returns the output projection: `output.weight`, or the token embedding when they are tied.
     pub fn output_matrix(&self) -> &Tensor {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }

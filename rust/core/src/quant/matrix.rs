@@ -34,7 +34,7 @@ impl<'a> MatRef<'a> {
         self.data.len() / self.rows
     }
 
-    /// The bytes of row `r`.
+    /// Returns the bytes of row `r`.
     pub fn row(&self, r: usize) -> &'a [u8] {
         let n = self.row_bytes();
         &self.data[r * n..(r + 1) * n]

@@ -65,12 +65,12 @@ impl GgmlType {
         TYPE_TABLE.get(self.0 as usize).copied().flatten()
     }
 
-    /// Whether ggml defines this type id.
+    /// Returns whether ggml defines this type id.
     pub fn is_known(self) -> bool {
         self.entry().is_some()
     }
 
-    /// Whether MER's kernels compute with this type.
+    /// Returns whether MER's kernels compute with this type.
     pub fn is_supported(self) -> bool {
         matches!(self, Self::F32 | Self::F16 | Self::Q4_0 | Self::Q4_1 | Self::Q8_0)
     }
@@ -95,7 +95,7 @@ impl GgmlType {
         (n / elems).checked_mul(bytes)
     }
 
-    /// The ggml name of the type, such as `Q4_0`.
+    /// Returns the ggml name of the type, such as `Q4_0`.
     pub fn name(self) -> String {
         match self.entry() {
             Some((name, _, _)) => name.to_string(),

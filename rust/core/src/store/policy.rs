@@ -19,7 +19,7 @@ pub struct SlotView {
 
 /// Chooses victims for the slot pool.
 pub trait EvictionPolicy: Send {
-    /// The policy's name, for stats.
+    /// Returns the policy's name, for stats.
     fn name(&self) -> &'static str;
 
     /// Picks an evictable slot for `incoming`, or `None` when no slot may be evicted.
@@ -48,7 +48,7 @@ pub struct PerLayerLru {
 }
 
 impl PerLayerLru {
-    /// A policy for `n_slots` slots shared by `n_layer` layers.
+    /// Creates a policy for `n_slots` slots shared by `n_layer` layers.
     pub fn new(n_slots: usize, n_layer: usize) -> Self {
         PerLayerLru { quota: (n_slots / n_layer.max(1)).max(1), n_layer }
     }
@@ -60,22 +60,22 @@ impl EvictionPolicy for PerLayerLru {
     }
 
     fn choose_victim(&mut self, incoming: ExpertId, slots: &[SlotView]) -> Option<usize> {
-        let mut held = vec![0usize; self.n_layer];
+        let mut slots_per_layer = vec![0usize; self.n_layer];
         for view in slots {
             if let Some(id) = view.expert {
-                held[id.layer] += 1;
+                slots_per_layer[id.layer] += 1;
             }
         }
 
         let layer = incoming.layer;
-        if held[layer] >= self.quota {
+        if slots_per_layer[layer] >= self.quota {
             if let Some(victim) = least_recent(slots, |id| id.layer == layer) {
                 return Some(victim);
             }
         }
         // The layers over their quota, most over first, that still have an evictable slot.
-        let mut over: Vec<usize> = (0..self.n_layer).filter(|&l| held[l] > self.quota).collect();
-        over.sort_by_key(|&l| std::cmp::Reverse(held[l]));
+        let mut over: Vec<usize> = (0..self.n_layer).filter(|&l| slots_per_layer[l] > self.quota).collect();
+        over.sort_by_key(|&l| std::cmp::Reverse(slots_per_layer[l]));
         for donor in over {
             if let Some(victim) = least_recent(slots, |id| id.layer == donor) {
                 return Some(victim);

@@ -63,7 +63,7 @@ impl SlotLayout {
         positions
     }
 
-    /// The reads that fill a slot starting at `slot` with `ranges`, split into chunks of at
+    /// Plans the reads that fill a slot starting at `slot` with `ranges`, split into chunks of at
     /// most `chunk_bytes` (a multiple of 4096).
     pub fn chunks(&self, ranges: &ExpertRanges, slot: *mut u8, chunk_bytes: usize) -> Vec<ReadChunk> {
         let mut chunks = Vec::new();

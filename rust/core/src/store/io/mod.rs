@@ -102,7 +102,8 @@ pub struct ReadJob {
 }
 
 impl ReadJob {
-    /// A job of `chunks` chunks that calls `completion` with the bytes read or the first failure.
+    /// Creates a job of `chunks` chunks that calls `completion` with the bytes read or the first
+    /// failure.
     pub fn new(chunks: usize, completion: Completion) -> Arc<Self> {
         Arc::new(ReadJob {
             remaining: AtomicUsize::new(chunks),
@@ -139,7 +140,7 @@ impl ReadJob {
 
 /// A way of reading chunks of the model file.
 pub trait ReadBackend: Send + Sync {
-    /// The backend's name as reported in stats: `io_uring`, `pread` or `buffered`.
+    /// Returns the backend's name as reported in stats: `io_uring`, `pread` or `buffered`.
     fn name(&self) -> &'static str;
 
     /// Starts reading `chunks`; each one reports to `job` when it finishes.
