@@ -250,7 +250,8 @@ impl CoreModel {
     /// is false. `phase` is "prompt" or "decode" and selects which statistics the call counts in.
     /// `reset` empties the context first, in the same locked step. `expect_n_past`, when given,
     /// must equal the tokens already in the context: a mismatch means another caller changed the
-    /// context, and raises MerError. Ctrl-C is honoured between tokens.
+    /// context, and raises MerError. Prompt tokens run in batches of up to 64, and Ctrl-C is honoured
+    /// between batches.
     #[pyo3(signature = (tokens, all_logits=false, phase="prompt", reset=false, expect_n_past=None))]
     fn eval<'py>(
         &self,
@@ -309,12 +310,18 @@ impl CoreModel {
 
         let rows = if all_logits { tokens.len() } else { 1 };
         let mut logits = Vec::with_capacity(rows * n_vocab);
-        for (i, &token) in tokens.iter().enumerate() {
-            let want = all_logits || i + 1 == tokens.len();
-            let mode = if want { Logits::Last } else { Logits::None };
+        let n_batches = tokens.len().div_ceil(Model::BATCH_TOKENS);
+        for (i, batch) in tokens.chunks(Model::BATCH_TOKENS).enumerate() {
+            let mode = if all_logits {
+                Logits::All
+            } else if i + 1 == n_batches {
+                Logits::Last
+            } else {
+                Logits::None
+            };
             let cache: &mut KvCache = &mut kv;
-            let row = run_detached(py, || self.model.eval(cache, &[token], mode, phase))?;
-            logits.extend_from_slice(&row);
+            let rows = run_detached(py, || self.model.eval(cache, batch, mode, phase))?;
+            logits.extend_from_slice(&rows);
             py.check_signals()?;
         }
         let array = Array2::from_shape_vec((rows, n_vocab), logits).map_err(|e| PyValueError::new_err(e.to_string()))?;

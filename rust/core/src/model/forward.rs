@@ -1,142 +1,142 @@
-//! The forward pass of one token through every layer, read top to bottom.
+//! The forward pass of a batch of tokens through every layer, read top to bottom.
 //!
-//! Each step is a function named after its math. Every output element is computed by one
-//! thread in a fixed order, so the result does not depend on the thread count.
+//! A batch is the one token being generated, or a run of prompt tokens. Each product in a batch
+//! is computed exactly as it would be for its token alone, and each output element is reduced
+//! by one thread in a fixed order, so the result depends neither on the batch size nor on the
+//! thread count. Activations of a batch are stored token after token (`n * width` floats).
 
 use rayon::prelude::*;
 
 use super::config::Config;
+use super::ffn;
 use super::kv_cache::KvCache;
 use super::weights::LayerWeights;
-use super::Model;
+use super::{Logits, Model};
 use crate::error::{Error, Result};
-use crate::quant::Activation;
+use crate::quant::{by_input, Activation, MatRef, Products};
 
 impl Model {
-    /// Runs one token at position `kv.len()` and appends its keys and values to `kv`. Returns the
-    /// logits when `want_logits` is set.
-    pub(crate) fn forward_token(&self, kv: &mut KvCache, token: u32, want_logits: bool) -> Result<Option<Vec<f32>>> {
+    /// Runs `tokens` at positions `kv.len()` onwards and appends their keys and values to `kv`.
+    /// Returns the logits `logits` asks for, `n_vocab` floats per row. On an error, `kv` may
+    /// hold partial rows of these tokens, which [`KvCache::truncate_partial`] removes.
+    pub(crate) fn forward_batch(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
         let config = &self.config;
-        if token as usize >= config.n_vocab {
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.n_vocab) {
             return Err(Error::InvalidArgument(format!(
                 "token id {token} is out of range: the vocabulary has {} tokens",
                 config.n_vocab
             )));
         }
         let pos = kv.len();
-        if pos >= kv.capacity() {
+        if pos + tokens.len() > kv.capacity() {
             return Err(Error::ContextFull { n_ctx: kv.capacity() });
         }
+        let n = tokens.len();
 
-        // Token embedding.
-        let mut x = vec![0.0f32; config.n_embd];
-        self.weights.token_embd.mat().dequantize_row(token as usize, &mut x);
+        // Token embeddings.
+        let mut x = vec![0.0f32; n * config.n_embd];
+        for (row, &token) in x.chunks_exact_mut(config.n_embd).zip(tokens) {
+            self.weights.token_embd.mat().dequantize_row(token as usize, row);
+        }
 
         for (layer, weights) in self.weights.layers.iter().enumerate() {
             // Attention block with a residual connection.
-            let xn = Activation::new(rmsnorm(&x, &weights.attn_norm, config.rms_eps));
+            let xn = normed(&x, &weights.attn_norm, config.rms_eps);
             let attn = self.attention(layer, weights, &xn, pos, kv);
             add_into(&mut x, &attn);
 
             // FFN block (one expert, or a routed mixture) with a residual connection.
-            let xn = Activation::new(rmsnorm(&x, &weights.ffn_norm, config.rms_eps));
-            let ffn = self.feed_forward(layer, weights, &xn)?;
+            let xn = normed(&x, &weights.ffn_norm, config.rms_eps);
+            let ffn = ffn::feed_forward(self.store.as_ref(), config, layer, weights, &xn)?;
             add_into(&mut x, &ffn);
         }
-        kv.advance();
+        kv.advance(n);
 
-        if !want_logits {
-            return Ok(None);
-        }
-        let xn = Activation::new(rmsnorm(&x, &self.weights.output_norm, config.rms_eps));
-        let output = self.weights.output_matrix().mat();
-        let mut logits = vec![0.0f32; config.n_vocab];
-        output.matvec(&xn, &mut logits);
-        Ok(Some(logits))
+        // Output projection of the rows asked for.
+        let rows = match logits {
+            Logits::All => &x[..],
+            Logits::Last => &x[(n - 1) * config.n_embd..],
+            Logits::None => return Ok(Vec::new()),
+        };
+        let xn = normed(rows, &self.weights.output_norm, config.rms_eps);
+        Ok(project(self.weights.output_matrix().mat(), &xn))
     }
 
-    /// Grouped-query causal self-attention of the token at `pos`, projected back to the model
-    /// width.
-    fn attention(&self, layer: usize, w: &LayerWeights, xn: &Activation, pos: usize, kv: &mut KvCache) -> Vec<f32> {
+    /// Grouped-query causal self-attention of a batch whose first token is at `pos`, projected
+    /// back to the model width. Each token attends to the cache and to the tokens before it.
+    fn attention(&self, layer: usize, w: &LayerWeights, xn: &[Activation], pos: usize, kv: &mut KvCache) -> Vec<f32> {
         let c = &self.config;
-        let mut q = vec![0.0f32; c.n_head * c.head_dim];
-        let mut k = vec![0.0f32; c.n_head_kv * c.head_dim];
-        let mut v = vec![0.0f32; c.n_head_kv * c.head_dim];
-        w.wq.mat().matvec(xn, &mut q);
-        w.wk.mat().matvec(xn, &mut k);
-        w.wv.mat().matvec(xn, &mut v);
+        let n = xn.len();
+        let q_dim = c.n_head * c.head_dim;
+        let kv_dim = c.n_head_kv * c.head_dim;
 
-        rope(&mut q, pos, c, &self.rope_inv_freq);
-        rope(&mut k, pos, c, &self.rope_inv_freq);
+        // Query, key and value projections, in one parallel region.
+        let xs: Vec<&Activation> = xn.iter().collect();
+        let mut q = vec![0.0f32; q_dim * n];
+        let mut k = vec![0.0f32; kv_dim * n];
+        let mut v = vec![0.0f32; kv_dim * n];
+        let mut products = Products::new();
+        products.add(w.wq.mat(), &xs, &mut q);
+        products.add(w.wk.mat(), &xs, &mut k);
+        products.add(w.wv.mat(), &xs, &mut v);
+        products.run();
+        let (mut q, mut k, v) = (by_input(q, n), by_input(k, n), by_input(v, n));
+
+        for (t, (qt, kt)) in q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim)).enumerate() {
+            rope(qt, pos + t, c, &self.rope_inv_freq);
+            rope(kt, pos + t, c, &self.rope_inv_freq);
+        }
         kv.store(layer, &k, &v);
 
-        let keys = kv.keys(layer, pos + 1);
-        let values = kv.values(layer, pos + 1);
-        let kv_dim = c.n_head_kv * c.head_dim;
+        let keys = kv.keys(layer, pos + n);
+        let values = kv.values(layer, pos + n);
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (c.head_dim as f32).sqrt();
 
-        let mut heads = vec![0.0f32; c.n_head * c.head_dim];
-        heads.par_chunks_mut(c.head_dim).enumerate().for_each(|(h, out)| {
+        // One task per head of each token.
+        let mut heads = vec![0.0f32; q_dim * n];
+        heads.par_chunks_mut(c.head_dim).enumerate().for_each(|(i, out)| {
+            let (t, h) = (i / c.n_head, i % c.n_head);
             let kv_offset = (h / group) * c.head_dim;
-            let qh = &q[h * c.head_dim..(h + 1) * c.head_dim];
+            let qh = &q[t * q_dim + h * c.head_dim..][..c.head_dim];
 
-            // Scores against every cached key, then softmax.
-            let mut scores: Vec<f32> = (0..=pos)
-                .map(|t| {
-                    let kt = &keys[t * kv_dim + kv_offset..][..c.head_dim];
-                    dot(qh, kt) * scale
+            // Scores against every position up to the token's own, then softmax.
+            let mut scores: Vec<f32> = (0..=pos + t)
+                .map(|p| {
+                    let kp = &keys[p * kv_dim + kv_offset..][..c.head_dim];
+                    dot(qh, kp) * scale
                 })
                 .collect();
             softmax(&mut scores);
 
-            // Weighted sum of the cached values.
-            for (t, &p) in scores.iter().enumerate() {
-                let vt = &values[t * kv_dim + kv_offset..][..c.head_dim];
-                for (o, &vv) in out.iter_mut().zip(vt) {
-                    *o += p * vv;
+            // Weighted sum of the values.
+            for (p, &prob) in scores.iter().enumerate() {
+                let vp = &values[p * kv_dim + kv_offset..][..c.head_dim];
+                for (o, &vv) in out.iter_mut().zip(vp) {
+                    *o += prob * vv;
                 }
             }
         });
 
-        let mut out = vec![0.0f32; c.n_embd];
-        w.wo.mat().matvec(&Activation::new(heads), &mut out);
-        out
+        let heads: Vec<Activation> = heads.chunks_exact(q_dim).map(|h| Activation::new(h.to_vec())).collect();
+        project(w.wo.mat(), &heads)
     }
+}
 
-    /// Runs the FFN: the router picks experts (a dense layer has one), and their SwiGLU outputs
-    /// are summed with the router weights.
-    fn feed_forward(&self, layer: usize, w: &LayerWeights, xn: &Activation) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let (experts, expert_weights) = match &w.router {
-            Some(router) => {
-                let mut logits = vec![0.0f32; c.n_expert];
-                router.mat().matvec(xn, &mut logits);
-                route(&logits, c.n_expert_used)
-            }
-            None => (vec![0], vec![1.0]),
-        };
+/// RMSNorm of each row of `x`, quantized for the products that follow.
+fn normed(x: &[f32], weight: &[f32], eps: f32) -> Vec<Activation> {
+    x.chunks_exact(weight.len()).map(|row| Activation::new(rmsnorm(row, weight, eps))).collect()
+}
 
-        let mut out = vec![0.0f32; c.n_embd];
-        self.store.with_experts(layer, &experts, &mut |weights| {
-            for (expert, &scale) in weights.iter().zip(&expert_weights) {
-                let n_ff = expert.gate.rows;
-                let mut gate = vec![0.0f32; n_ff];
-                let mut up = vec![0.0f32; n_ff];
-                expert.gate.matvec(xn, &mut gate);
-                expert.up.matvec(xn, &mut up);
-                let hidden: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-
-                let mut y = vec![0.0f32; c.n_embd];
-                expert.down.matvec(&Activation::new(hidden), &mut y);
-                for (o, &yy) in out.iter_mut().zip(&y) {
-                    *o += scale * yy;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
+/// Multiplies `mat` with each input, in one parallel region, and returns the results token after
+/// token.
+fn project(mat: MatRef<'_>, inputs: &[Activation]) -> Vec<f32> {
+    let xs: Vec<&Activation> = inputs.iter().collect();
+    let mut out = vec![0.0f32; mat.rows * xs.len()];
+    let mut products = Products::new();
+    products.add(mat, &xs, &mut out);
+    products.run();
+    by_input(out, xs.len())
 }
 
 /// Picks the top `k` experts: softmax over all router logits, the `k` largest probabilities

@@ -34,16 +34,18 @@ impl KvCache {
         self.capacity
     }
 
-    /// Appends the key and value of the current token (position `len`) in `layer`.
-    pub fn store(&mut self, layer: usize, key: &[f32], value: &[f32]) {
+    /// Appends the keys and values of the tokens being processed (positions `len` onwards) in
+    /// `layer`: `kv_dim` floats per token, one token after another.
+    pub fn store(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
         debug_assert_eq!(self.keys[layer].len(), self.len * self.kv_dim);
-        self.keys[layer].extend_from_slice(key);
-        self.values[layer].extend_from_slice(value);
+        debug_assert_eq!(keys.len(), values.len());
+        self.keys[layer].extend_from_slice(keys);
+        self.values[layer].extend_from_slice(values);
     }
 
-    /// Marks the current token as complete in every layer.
-    pub fn advance(&mut self) {
-        self.len += 1;
+    /// Marks the `n` tokens being processed as complete in every layer.
+    pub fn advance(&mut self, n: usize) {
+        self.len += n;
     }
 
     /// Keys of the first `n` positions of `layer`, `kv_dim` floats each.
@@ -65,7 +67,7 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Drops the cache rows of a token that failed part-way, so the cache stays consistent.
+    /// Drops the cache rows of tokens that failed part-way, so the cache stays consistent.
     pub fn truncate_partial(&mut self) {
         let n = self.len * self.kv_dim;
         for (k, v) in self.keys.iter_mut().zip(&mut self.values) {

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod experts;
+mod ffn;
 pub mod forward;
 pub mod kv_cache;
 pub mod tensors;
@@ -55,6 +56,10 @@ pub struct Model {
 }
 
 impl Model {
+    /// The most tokens one forward pass processes together. Larger prompts run in batches of
+    /// this size.
+    pub const BATCH_TOKENS: usize = 64;
+
     /// Opens a GGUF model, checks every tensor it needs and reads the weights.
     pub fn open(path: impl AsRef<Path>, options: ModelOptions) -> Result<Self> {
         let start = Instant::now();
@@ -113,18 +118,24 @@ impl Model {
     /// Processes `tokens` after the ones already in `kv` and returns logits, `n_vocab` floats
     /// per returned row. Time and token counts go to the stats of `phase`.
     ///
-    /// If a token fails, the tokens before it stay in `kv` and the failed one leaves no trace.
+    /// Tokens run in batches of up to [`Model::BATCH_TOKENS`], and each batch reads each expert
+    /// it uses once per layer. The logits are the same bits whatever the batching. If a batch
+    /// fails, the batches before it stay in `kv` and the failed one leaves no trace.
     pub fn eval(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, phase: Phase) -> Result<Vec<f32>> {
         let start = Instant::now();
         let n = tokens.len();
         self.store.set_phase(phase);
         let result = self.pool.install(|| {
             let mut out = Vec::with_capacity(if logits == Logits::All { n * self.config.n_vocab } else { self.config.n_vocab });
-            for (i, &token) in tokens.iter().enumerate() {
-                let want = logits == Logits::All || (logits == Logits::Last && i + 1 == n);
-                match self.forward_token(kv, token, want) {
-                    Ok(Some(row)) => out.extend_from_slice(&row),
-                    Ok(None) => {}
+            for (i, batch) in tokens.chunks(Self::BATCH_TOKENS).enumerate() {
+                let is_last = (i + 1) * Self::BATCH_TOKENS >= n;
+                let rows = match logits {
+                    Logits::All => Logits::All,
+                    Logits::Last if is_last => Logits::Last,
+                    _ => Logits::None,
+                };
+                match self.forward_batch(kv, batch, rows) {
+                    Ok(row) => out.extend_from_slice(&row),
                     Err(e) => {
                         kv.truncate_partial();
                         return Err(e);

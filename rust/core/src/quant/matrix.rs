@@ -1,4 +1,5 @@
-//! A borrowed weight matrix in any supported type, and the row-parallel matrix-vector product.
+//! A borrowed weight matrix in any supported type, and the row-parallel products of matrices
+//! with one input or a batch of inputs.
 
 use rayon::prelude::*;
 
@@ -7,8 +8,8 @@ use super::blocks::{as_blocks, dequantize_q4_0, dequantize_q4_1, dequantize_q8_0
 use super::dispatch::{Kernels, TypeKernels};
 use super::types::GgmlType;
 
-/// Output rows handed to one rayon task. Each row is still reduced by exactly one thread.
-const ROWS_PER_TASK: usize = 16;
+/// Output rows handed to one rayon task. Each product is still reduced by exactly one thread.
+pub const ROWS_PER_TASK: usize = 16;
 
 /// A weight matrix of `rows` rows of `cols` elements, stored row after row in ggml's layout.
 #[derive(Clone, Copy, Debug)]
@@ -56,30 +57,61 @@ impl<'a> MatRef<'a> {
     /// Computes `out = self * x` with `kernels`, splitting rows across the current rayon pool.
     /// Every kernel set gives bit-identical results.
     pub fn matvec_with(&self, kernels: Kernels, x: &Activation, out: &mut [f32]) {
-        assert_eq!(x.values.len(), self.cols, "input length does not match the matrix columns");
         assert_eq!(out.len(), self.rows, "output length does not match the matrix rows");
-        if self.ggml_type.block_elems() == QK as u64 {
-            assert_eq!(x.blocks.len() * QK, self.cols, "quantized matrix needs a quantized input");
-        }
         let kernels = kernels.for_type(self.ggml_type);
         out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
-            self.dot_rows(kernels, task * ROWS_PER_TASK, x, chunk);
+            self.dot_rows_with(kernels, task * ROWS_PER_TASK, &[x], chunk);
         });
     }
 
-    /// Computes rows `first..first + out.len()` of `self * x` into `out`: four rows at a time
-    /// where the type has a four-row kernel, then row by row.
-    fn dot_rows(&self, kernels: TypeKernels, first: usize, x: &Activation, out: &mut [f32]) {
+    /// Computes the products of rows `first..first + m` with every input of `xs`, where `m` is
+    /// `out.len() / xs.len()`, with the kernels of [`Kernels::selected`]. The result is laid out
+    /// by row: `out[i * xs.len() + t]` is row `first + i` times `xs[t]`.
+    ///
+    /// Each product is computed exactly as [`MatRef::matvec`] computes it, so a batch of inputs
+    /// gives the same bits as one input at a time.
+    pub fn dot_rows(&self, first: usize, xs: &[&Activation], out: &mut [f32]) {
+        self.dot_rows_with(Kernels::selected().for_type(self.ggml_type), first, xs, out);
+    }
+
+    /// [`MatRef::dot_rows`] with the given kernels: four rows at a time where the type has a
+    /// four-row kernel, then row by row. The rows of a group stay in cache while every input
+    /// passes over them.
+    fn dot_rows_with(&self, kernels: TypeKernels, first: usize, xs: &[&Activation], out: &mut [f32]) {
+        let n = xs.len();
+        assert!(n > 0 && out.len() % n == 0, "output length is not a whole number of rows per input");
+        let m = out.len() / n;
+        assert!(first + m <= self.rows, "rows {first}..{} are past the matrix's {} rows", first + m, self.rows);
+        for x in xs {
+            self.check_input(x);
+        }
+
         let mut done = 0;
         if let Some(four) = kernels.four {
-            for (group, o) in out.chunks_exact_mut(4).enumerate() {
+            for group in 0..m / 4 {
                 let r = first + 4 * group;
-                o.copy_from_slice(&four([self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)], x));
+                let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
+                for (t, x) in xs.iter().enumerate() {
+                    for (k, value) in four(rows, x).into_iter().enumerate() {
+                        out[(4 * group + k) * n + t] = value;
+                    }
+                }
             }
-            done = out.len() / 4 * 4;
+            done = m / 4 * 4;
         }
-        for (i, o) in out.iter_mut().enumerate().skip(done) {
-            *o = (kernels.one)(self.row(first + i), x);
+        for i in done..m {
+            for (t, x) in xs.iter().enumerate() {
+                out[i * n + t] = (kernels.one)(self.row(first + i), x);
+            }
+        }
+    }
+
+    /// Asserts that `x` fits this matrix: its length is the column count, and a quantized
+    /// matrix has its 8-bit blocks.
+    fn check_input(&self, x: &Activation) {
+        assert_eq!(x.values.len(), self.cols, "input length does not match the matrix columns");
+        if self.ggml_type.block_elems() == QK as u64 {
+            assert_eq!(x.blocks.len() * QK, self.cols, "quantized matrix needs a quantized input");
         }
     }
 
@@ -87,6 +119,58 @@ impl<'a> MatRef<'a> {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize(self.ggml_type, self.row(r), out);
     }
+}
+
+/// Matrix products that run together in one parallel region, so that the pool's threads are
+/// woken once for all of them. Each product multiplies one matrix with a batch of inputs and
+/// writes its result laid out by row, as [`MatRef::dot_rows`] does.
+#[derive(Default)]
+pub struct Products<'a> {
+    tasks: Vec<RowTask<'a>>,
+}
+
+/// `ROWS_PER_TASK` rows (fewer at the end) of one product.
+struct RowTask<'a> {
+    mat: MatRef<'a>,
+    first: usize,
+    xs: &'a [&'a Activation],
+    out: &'a mut [f32],
+}
+
+impl<'a> Products<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `mat` times each input of `xs`, into `out` of `mat.rows * xs.len()` floats:
+    /// `out[r * xs.len() + t]` is row `r` times `xs[t]`.
+    pub fn add(&mut self, mat: MatRef<'a>, xs: &'a [&'a Activation], out: &'a mut [f32]) {
+        assert_eq!(out.len(), mat.rows * xs.len(), "output length does not match rows times inputs");
+        for (task, chunk) in out.chunks_mut(ROWS_PER_TASK * xs.len()).enumerate() {
+            self.tasks.push(RowTask { mat, first: task * ROWS_PER_TASK, xs, out: chunk });
+        }
+    }
+
+    /// Computes every product added, splitting the rows across the current rayon pool.
+    pub fn run(self) {
+        self.tasks.into_par_iter().for_each(|task| task.mat.dot_rows(task.first, task.xs, task.out));
+    }
+}
+
+/// Reorders a result laid out by row (`rows` rows of `n` values, one per input, as
+/// [`MatRef::dot_rows`] writes them) into one row of values per input, input after input.
+pub fn by_input(by_row: Vec<f32>, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return by_row;
+    }
+    let rows = by_row.len() / n;
+    let mut out = vec![0.0f32; by_row.len()];
+    for (r, values) in by_row.chunks_exact(n).enumerate() {
+        for (t, &v) in values.iter().enumerate() {
+            out[t * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// Dequantizes `data` of a supported type into `out`, which has one slot per element.

@@ -15,5 +15,5 @@ pub mod types;
 
 pub use activation::Activation;
 pub use dispatch::{Isa, Kernels};
-pub use matrix::{dequantize, MatRef};
+pub use matrix::{by_input, dequantize, MatRef, Products, ROWS_PER_TASK};
 pub use types::GgmlType;
