@@ -13,6 +13,8 @@ const MMAP_THRESHOLD: usize = 1 << 20;
 /// The page size that anonymous mappings are aligned to (4096 on every Linux target MER builds
 /// for; larger pages only make the alignment stronger).
 const PAGE_SIZE: usize = 4096;
+/// The transparent huge page size on x86-64 and on aarch64 with 4 KiB pages.
+const HUGE_PAGE_SIZE: usize = 2 << 20;
 
 /// An owned, zero-initialised byte buffer whose start is aligned to `align` bytes.
 pub struct AlignedBuf {
@@ -43,23 +45,50 @@ impl AlignedBuf {
 
     /// Maps anonymous memory: page-aligned and zero-filled by the kernel on first touch, so an
     /// unused slot costs no RAM. (`alloc_zeroed` with an alignment above 16 writes every byte.)
+    ///
+    /// A mapping of at least one huge page starts on a huge-page boundary and asks for
+    /// transparent huge pages: weights are read in long streams, and 4 KiB pages would cost a
+    /// TLB miss every 4 KiB. The kernel ignores the request where huge pages are off.
     fn mapped(len: usize, layout: Layout) -> Option<Self> {
+        let size = layout.size();
+        let huge = size >= HUGE_PAGE_SIZE;
+        let reserve = if huge { size + HUGE_PAGE_SIZE } else { size };
         // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
         // result is checked against MAP_FAILED.
-        let ptr = unsafe {
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                layout.size(),
+                reserve,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
         };
-        if ptr == libc::MAP_FAILED {
+        if base == libc::MAP_FAILED {
             return None;
         }
-        Some(AlignedBuf { ptr: NonNull::new(ptr.cast())?, len, layout })
+        if !huge {
+            return Some(AlignedBuf { ptr: NonNull::new(base.cast())?, len, layout });
+        }
+
+        // Keep `size` bytes from the first huge-page boundary and unmap the rest.
+        let start = (base as usize).next_multiple_of(HUGE_PAGE_SIZE);
+        let head = start - base as usize;
+        let tail = reserve - head - size.next_multiple_of(PAGE_SIZE);
+        // SAFETY: both ranges lie inside the mapping made above, are page-aligned (`base`,
+        // `start` and `size` rounded up are multiples of PAGE_SIZE) and are not used afterwards.
+        // madvise only advises, and a failure leaves ordinary pages.
+        unsafe {
+            if head > 0 {
+                libc::munmap(base, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + size.next_multiple_of(PAGE_SIZE)) as *mut libc::c_void, tail);
+            }
+            libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+        }
+        Some(AlignedBuf { ptr: NonNull::new(start as *mut u8)?, len, layout })
     }
 
     /// Returns the buffer's length in bytes.

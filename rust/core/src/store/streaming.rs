@@ -73,7 +73,10 @@ pub struct StreamingStore {
     // Field order matters: the backend is dropped (and its threads joined) before the slots it
     // writes into are freed.
     backend: Box<dyn ReadBackend>,
-    slots: Vec<AlignedBuf>,
+    /// The slot pool: slot `i` is bytes `i * slot_bytes..(i + 1) * slot_bytes`. One mapping
+    /// lets the kernel back it with huge pages even when a slot is smaller than one.
+    pool: AlignedBuf,
+    n_slots: usize,
     shared: Arc<Shared>,
     ranges: Vec<Vec<ExpertRanges>>,
     layout: SlotLayout,
@@ -132,14 +135,10 @@ impl StreamingStore {
         };
         let opened = open_backend(path, options.backend, options.io).map_err(io_error)?;
 
-        let mut slots = Vec::with_capacity(n_slots);
-        for _ in 0..n_slots {
-            let slot = AlignedBuf::new(layout.slot_bytes, DIRECT_ALIGN).ok_or_else(|| {
-                Error::Budget(format!("failed to allocate {n_slots} slots of {} bytes", layout.slot_bytes))
-            })?;
-            slots.push(slot);
-        }
-        opened.backend.register_buffers(&slots.iter().collect::<Vec<_>>());
+        let pool = AlignedBuf::new(n_slots * layout.slot_bytes, DIRECT_ALIGN)
+            .ok_or_else(|| Error::Budget(format!("failed to allocate {n_slots} slots of {} bytes", layout.slot_bytes)))?;
+        let slots: Vec<&[u8]> = pool.chunks_exact(layout.slot_bytes).collect();
+        opened.backend.register_buffers(&slots);
 
         let n_layer = ranges.len();
         let state = State {
@@ -159,7 +158,8 @@ impl StreamingStore {
         );
         Ok(StreamingStore {
             backend: opened.backend,
-            slots,
+            pool,
+            n_slots,
             shared: Arc::new(Shared { state: Mutex::new(state), changed: Condvar::new() }),
             ranges,
             layout,
@@ -169,6 +169,11 @@ impl StreamingStore {
             ram_budget: options.ram_budget,
             phase: AtomicU8::new(0),
         })
+    }
+
+    /// Returns the bytes of slot `index`.
+    fn slot(&self, index: usize) -> &[u8] {
+        &self.pool[index * self.layout.slot_bytes..][..self.layout.slot_bytes]
     }
 
     fn phase(&self) -> Phase {
@@ -263,7 +268,7 @@ impl StreamingStore {
 
     fn start_read(&self, index: usize, id: ExpertId, phase: Phase) {
         let ranges = &self.ranges[id.layer][id.expert];
-        let slot_ptr = self.slots[index].as_ptr() as *mut u8;
+        let slot_ptr = self.slot(index).as_ptr() as *mut u8;
         let chunks = self.layout.chunks(ranges, slot_ptr, self.io.chunk_bytes);
         let shared = Arc::clone(&self.shared);
         let started = Instant::now();
@@ -346,7 +351,7 @@ impl ExpertStore for StreamingStore {
         let mut weights = Vec::with_capacity(experts.len());
         for (&expert, &index) in experts.iter().zip(&guard.pinned) {
             let ranges = &in_layer[expert];
-            let slot: &[u8] = &self.slots[index];
+            let slot = self.slot(index);
             let [gate, up, down] = self.layout.data_positions(ranges);
             let mat = |range: &super::TensorRange, start: usize| {
                 MatRef::new(range.ggml_type, range.rows, range.cols, &slot[start..start + range.n_bytes as usize])
@@ -357,7 +362,7 @@ impl ExpertStore for StreamingStore {
     }
 
     fn expert_ram_bytes(&self) -> u64 {
-        (self.slots.len() * self.layout.slot_bytes) as u64
+        (self.n_slots * self.layout.slot_bytes) as u64
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -370,7 +375,7 @@ impl ExpertStore for StreamingStore {
             io_backend: self.backend.name(),
             io_backend_reason: self.backend_reason.clone(),
             eviction_policy: state.policy.name(),
-            slots: self.slots.len(),
+            slots: self.n_slots,
             slot_bytes: self.layout.slot_bytes as u64,
             ram_budget_bytes: self.ram_budget,
             stats: state.stats.clone(),

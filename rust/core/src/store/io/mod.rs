@@ -148,7 +148,7 @@ pub trait ReadBackend: Send + Sync {
 
     /// Registers the slot buffers with the kernel where the backend can use that. Failure is
     /// not an error: reads then go without registered buffers.
-    fn register_buffers(&self, _buffers: &[&AlignedBuf]) {}
+    fn register_buffers(&self, _buffers: &[&[u8]]) {}
 }
 
 /// The opened backend and, when it is not the one asked for, why.

@@ -13,7 +13,6 @@ use std::thread::JoinHandle;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{IoOptions, ReadBackend, ReadChunk, ReadFailure, ReadJob};
-use crate::aligned::AlignedBuf;
 
 /// Marks the eventfd poll in `user_data`; read requests use their index in the in-flight table.
 const WAKE: u64 = u64::MAX;
@@ -118,7 +117,7 @@ impl ReadBackend for UringBackend {
         notify(&self.wake);
     }
 
-    fn register_buffers(&self, buffers: &[&AlignedBuf]) {
+    fn register_buffers(&self, buffers: &[&[u8]]) {
         // Wait for the reactor to finish: it logs the outcome, and a log record from the reactor
         // needs the Python GIL, which this caller has released. Logging later, while a caller
         // holding the GIL joins the reactor on drop, would deadlock.
