@@ -42,3 +42,24 @@ class CoreModel:
 def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Describe a model without reading its weights: config, resident_bytes, expert_bytes,
     bytes_per_expert and tensor_types (count and bytes per type)."""
+
+def kernel_dot(
+    isa: str,
+    ggml_type: str,
+    rows: bytes,
+    n_rows: int,
+    *,
+    values: npt.NDArray[np.float32] | None = None,
+    scales: npt.NDArray[np.float32] | None = None,
+    quants: npt.NDArray[np.int8] | None = None,
+    four_rows: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Test support: run one dot-product kernel on raw weight rows and return one float32 per row.
+
+    isa is "scalar" or "avx2", ggml_type "q4_0", "q4_1", "q8_0", "f16" or "f32". Quantized types
+    take the activation as int8 quants and one float32 scale per block of 32, f16 and f32 as
+    float32 values. four_rows runs the four-row kernel (AVX2, quantized types, a multiple of 4
+    rows). Invalid inputs raise ValueError."""
+
+def kernel_sets() -> list[str]:
+    """Test support: the kernel sets this CPU runs, "scalar" first, then "avx2" if available."""

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod dispatch;
 pub mod kernels;
 pub mod matrix;
+pub mod probe;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod simd_tests;
 pub mod types;
