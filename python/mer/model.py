@@ -260,13 +260,15 @@ def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
     latency = stats["read_latency_us"]
     budget = stats["ram_budget_bytes"]
     log.info(
-        "run summary: prompt %d tokens at %.2f tokens/s; decode %d forward passes at %.2f tokens/s (stop: %s)\n"
+        "run summary (stop: %s)\n"
+        "  prompt: %d tokens at %.2f tokens/s, in batches of up to 64\n"
+        "  decode: %d forward passes at %.2f tokens/s\n"
         "  decode experts: hit rate %.3f (%d hits, %d misses), %.1f MiB read, I/O share %.3f "
         "(I/O wait %.2f s, compute %.2f s), read latency p50/p95/p99 %d/%d/%d us\n"
         "  memory: %s backend, %d slots of %.1f MiB, RAM budget %s, resident weights %.1f MiB, "
         "KV cache %.1f MiB, peak RSS %.1f MiB; %d threads",
-        stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"], stats["decode_tokens_per_s"],
-        stop_reason, stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / MIB,
+        stop_reason, stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"],
+        stats["decode_tokens_per_s"], stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / MIB,
         stats["io_share"], stats["io_wait_s"], stats["compute_s"], latency["p50"], latency["p95"], latency["p99"],
         stats["io_backend"], stats["slots"], stats["slot_bytes"] / MIB,
         "none (every expert has a slot)" if budget is None else f"{budget / 2**30:.2f} GiB",
