@@ -24,12 +24,18 @@ pub(super) type RowDot = fn(&[u8], &Activation) -> f32;
 /// Dot products of four weight rows of equal length with the same activation vector.
 pub(super) type FourRowDot = fn([&[u8]; 4], &Activation) -> [f32; 4];
 
+/// Dot products of four weight rows of equal length with each of two activation vectors:
+/// element `[i][k]` is row `k` times input `i`.
+pub(super) type FourRowPairDot = fn([&[u8]; 4], [&Activation; 2]) -> [[f32; 4]; 2];
+
 /// The kernels of one weight type. `four` computes the same four results as four calls of
-/// `one`, faster. A type without it runs `one` row by row.
+/// `one`, and `four_by_two` the same as two calls of `four`, faster. A type without them runs
+/// the smaller kernel.
 #[derive(Clone, Copy)]
 pub(super) struct TypeKernels {
     pub(super) one: RowDot,
     pub(super) four: Option<FourRowDot>,
+    pub(super) four_by_two: Option<FourRowPairDot>,
 }
 
 /// Instruction set of a kernel set.
@@ -73,11 +79,11 @@ impl Kernels {
     pub fn scalar() -> Kernels {
         Kernels {
             isa: Isa::Scalar,
-            q4_0: TypeKernels { one: scalar_q4_0, four: None },
-            q4_1: TypeKernels { one: scalar_q4_1, four: None },
-            q8_0: TypeKernels { one: scalar_q8_0, four: None },
-            f16: TypeKernels { one: scalar_f16, four: None },
-            f32: TypeKernels { one: scalar_f32, four: None },
+            q4_0: TypeKernels { one: scalar_q4_0, four: None, four_by_two: None },
+            q4_1: TypeKernels { one: scalar_q4_1, four: None, four_by_two: None },
+            q8_0: TypeKernels { one: scalar_q8_0, four: None, four_by_two: None },
+            f16: TypeKernels { one: scalar_f16, four: None, four_by_two: None },
+            f32: TypeKernels { one: scalar_f32, four: None, four_by_two: None },
         }
     }
 

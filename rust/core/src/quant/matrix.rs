@@ -91,7 +91,18 @@ impl<'a> MatRef<'a> {
             for group in 0..m / 4 {
                 let r = first + 4 * group;
                 let rows = [self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)];
-                for (t, x) in xs.iter().enumerate() {
+                let mut t = 0;
+                if let Some(four_by_two) = kernels.four_by_two {
+                    while t + 2 <= n {
+                        let [first, second] = four_by_two(rows, [xs[t], xs[t + 1]]);
+                        for k in 0..4 {
+                            out[(4 * group + k) * n + t] = first[k];
+                            out[(4 * group + k) * n + t + 1] = second[k];
+                        }
+                        t += 2;
+                    }
+                }
+                for (t, x) in xs.iter().enumerate().skip(t) {
                     for (k, value) in four(rows, x).into_iter().enumerate() {
                         out[(4 * group + k) * n + t] = value;
                     }

@@ -214,6 +214,50 @@ fn q4_0_random_rows_equal_scalar() {
     }
 }
 
+/// Checks the q4_0 kernel of four rows times two inputs against the scalar kernel, for each
+/// group of four rows (the last one padded with the first rows) and each pair of inputs.
+fn check_q4_0_row_pairs(rows: &[Vec<BlockQ4_0>], inputs: &[Vec<BlockQ8Act>], case: &str) {
+    for first in (0..rows.len()).step_by(4) {
+        let index: [usize; 4] = std::array::from_fn(|k| (first + k) % rows.len());
+        for (i, pair) in inputs.windows(2).enumerate() {
+            // SAFETY: callers run this only after avx2_runs checked AVX2 and F16C.
+            let simd = unsafe { avx2::dot4x2_q4_0(index.map(|r| rows[r].as_slice()), [&pair[0], &pair[1]]) };
+            for (j, x) in pair.iter().enumerate() {
+                for (k, &r) in index.iter().enumerate() {
+                    let expected = kernels::dot_q4_0(&rows[r], x);
+                    assert_same_bits(simd[j][k], expected, &format!("{case}, row {r}, input {}, pair kernel", i + j));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q4_0_row_pairs_equal_scalar() {
+    if !avx2_runs() {
+        return;
+    }
+    let mut rng = Lcg(12);
+    for group in 0..60 {
+        let n = rng.below(40);
+        let rows: Vec<_> = (0..4).map(|_| random_q4_0(&mut rng, n)).collect();
+        let inputs: Vec<_> = (0..3).map(|_| random_activations(&mut rng, n)).collect();
+        check_q4_0_row_pairs(&rows, &inputs, &format!("group {group} of rows of {n} blocks"));
+    }
+
+    // Extreme nibbles and scales, with activations of -128 and 127.
+    let nibbles = nibble_patterns(&mut rng);
+    let rows: Vec<_> = nibbles
+        .iter()
+        .flat_map(|&qs| weight_scales().into_iter().map(move |d| vec![BlockQ4_0 { d, qs }; 3]))
+        .collect();
+    let inputs: Vec<_> = activation_patterns(&mut rng)
+        .into_iter()
+        .flat_map(|qs| ACTIVATION_SCALES.map(|d| vec![activation_block(d, qs); 3]))
+        .collect();
+    check_q4_0_row_pairs(&rows, &inputs, "extremes");
+}
+
 #[test]
 fn q4_1_random_rows_equal_scalar() {
     if !avx2_runs() {

@@ -8,7 +8,8 @@
 //!
 //! The quantized types also have four-row kernels. They keep one accumulator per row in the
 //! lanes of one vector, so each row still adds its blocks in order, and they load and prepare
-//! each activation block once for four weight rows.
+//! each activation block once for four weight rows. q4_0 also has a kernel of four rows times
+//! two inputs, which unpacks each weight block once for both.
 //!
 //! The `unsafe fn` kernels require AVX2 and F16C. The only safe way in is [`kernels`], which
 //! checks the CPU and hands out the row kernels of this module as a `Kernels` table.
@@ -17,7 +18,7 @@ mod float;
 mod quantized;
 
 pub(crate) use float::{dot_f16, dot_f32};
-pub(crate) use quantized::{dot4_q4_0, dot4_q4_1, dot4_q8_0, dot_q4_0, dot_q4_1, dot_q8_0};
+pub(crate) use quantized::{dot4_q4_0, dot4_q4_1, dot4x2_q4_0, dot4_q8_0, dot_q4_0, dot_q4_1, dot_q8_0};
 #[cfg(test)]
 pub(crate) use quantized::{q4_0_block_sum, q4_1_block_sum, q8_0_block_sum};
 
@@ -37,11 +38,11 @@ pub(super) fn kernels() -> Option<Kernels> {
     }
     Some(Kernels {
         isa: Isa::Avx2,
-        q4_0: TypeKernels { one: row_q4_0, four: Some(rows_q4_0) },
-        q4_1: TypeKernels { one: row_q4_1, four: Some(rows_q4_1) },
-        q8_0: TypeKernels { one: row_q8_0, four: Some(rows_q8_0) },
-        f16: TypeKernels { one: row_f16, four: None },
-        f32: TypeKernels { one: row_f32, four: None },
+        q4_0: TypeKernels { one: row_q4_0, four: Some(rows_q4_0), four_by_two: Some(rows_pair_q4_0) },
+        q4_1: TypeKernels { one: row_q4_1, four: Some(rows_q4_1), four_by_two: None },
+        q8_0: TypeKernels { one: row_q8_0, four: Some(rows_q8_0), four_by_two: None },
+        f16: TypeKernels { one: row_f16, four: None, four_by_two: None },
+        f32: TypeKernels { one: row_f32, four: None, four_by_two: None },
     })
 }
 
@@ -76,6 +77,11 @@ fn row_f32(row: &[u8], x: &Activation) -> f32 {
 fn rows_q4_0(rows: [&[u8]; 4], x: &Activation) -> [f32; 4] {
     // SAFETY: reachable only through `kernels`, which checked AVX2 and F16C.
     unsafe { dot4_q4_0(rows.map(as_blocks), &x.blocks) }
+}
+
+fn rows_pair_q4_0(rows: [&[u8]; 4], x: [&Activation; 2]) -> [[f32; 4]; 2] {
+    // SAFETY: reachable only through `kernels`, which checked AVX2 and F16C.
+    unsafe { dot4x2_q4_0(rows.map(as_blocks), x.map(|a| &a.blocks[..])) }
 }
 
 fn rows_q4_1(rows: [&[u8]; 4], x: &Activation) -> [f32; 4] {

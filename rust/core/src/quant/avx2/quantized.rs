@@ -92,6 +92,37 @@ pub(crate) unsafe fn dot4_q4_0(w: [&[BlockQ4_0]; 4], x: &[BlockQ8Act]) -> [f32; 
     f32x4_to_array(acc)
 }
 
+/// Four q4_0 rows times two int8 activation vectors: element `[i][k]` equals
+/// `dot_q4_0(w[k], x[i])`. Each weight block is unpacked once for both inputs, which is what a
+/// batch of prompt tokens gains over one token at a time.
+///
+/// # Panics
+/// If the four rows differ in length.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) unsafe fn dot4x2_q4_0(w: [&[BlockQ4_0]; 4], x: [&[BlockQ8Act]; 2]) -> [[f32; 4]; 2] {
+    let n = common_len(&w).min(x[0].len()).min(x[1].len());
+    let (w0, w1, w2, w3) = (&w[0][..n], &w[1][..n], &w[2][..n], &w[3][..n]);
+    let mut acc = [_mm_setzero_ps(); 2];
+    for b in 0..n {
+        prefetch_ahead([&w0[b], &w1[b], &w2[b], &w3[b]]);
+        let weights = [&w0[b], &w1[b], &w2[b], &w3[b]].map(|wb| _mm256_sub_epi8(unpack_nibbles(&wb.qs), _mm256_set1_epi8(8)));
+        let d = halves_to_f32x4([w0[b].d, w1[b].d, w2[b].d, w3[b].d]);
+        for (acc, x) in acc.iter_mut().zip(x) {
+            let xb = &x[b];
+            let xq = load_i8x32(&xb.qs);
+            let x_abs = _mm256_abs_epi8(xq);
+            let [l0, l1, l2, l3] = weights.map(|wq| signed_lanes(wq, xq, x_abs));
+            let sums = sum_i32x8_four(l0, l1, l2, l3);
+            let scale = _mm_mul_ps(d, _mm_set1_ps(xb.d));
+            *acc = _mm_add_ps(*acc, _mm_mul_ps(_mm_cvtepi32_ps(sums), scale));
+        }
+    }
+    acc.map(f32x4_to_array)
+}
+
 /// Four q4_1 rows times the same int8 activations: element k equals `dot_q4_1(w[k], x)`.
 ///
 /// # Panics
@@ -195,7 +226,17 @@ pub(crate) unsafe fn q8_0_block_sum(wb: &BlockQ8_0, xb: &BlockQ8Act) -> i32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q4_0_lanes(qs: &[u8; 16], x: __m256i, x_abs: __m256i) -> __m256i {
-    let w = _mm256_sub_epi8(unpack_nibbles(qs), _mm256_set1_epi8(8));
+    signed_lanes(_mm256_sub_epi8(unpack_nibbles(qs), _mm256_set1_epi8(8)), x, x_abs)
+}
+
+/// Products of 32 signed weights in -8..=7 with activation quants `x`, as 8 i32 lanes; `x_abs`
+/// is |x|. The bounds are those of [`q4_0_lanes`].
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn signed_lanes(w: __m256i, x: __m256i, x_abs: __m256i) -> __m256i {
     let pairs = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(w, x));
     _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
