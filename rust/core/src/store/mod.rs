@@ -11,6 +11,7 @@ pub mod policy;
 pub mod slots;
 pub mod stats;
 pub mod streaming;
+pub mod table;
 
 use crate::error::Result;
 use crate::quant::{GgmlType, MatRef};

@@ -56,11 +56,66 @@ impl PhaseCounters {
     }
 }
 
+/// Counters of prefetching and of the predictor behind it.
+#[derive(Clone, Debug, Default)]
+pub struct PrefetchCounters {
+    /// Prefetch reads started.
+    pub issued: u64,
+    /// Prefetched experts that a demand request then used (ready or still being read).
+    pub used: u64,
+    /// Prefetched experts that were ready when the demand request came.
+    pub hits: u64,
+    /// Prefetches cancelled before all their reads started.
+    pub cancelled: u64,
+    /// Bytes of prefetched experts evicted or cancelled without being used.
+    pub wasted_bytes: u64,
+    /// Per layer: routed experts the predictor had guessed, and routed experts it had a guess
+    /// for (whether or not the guess was prefetched).
+    pub predicted_routed: Vec<u64>,
+    pub routed: Vec<u64>,
+}
+
+impl PrefetchCounters {
+    /// Returns used / issued, or 0 before any prefetch.
+    pub fn precision(&self) -> f64 {
+        ratio(self.used, self.issued)
+    }
+
+    /// Returns the share of routed experts that the predictor had guessed, over all layers.
+    pub fn recall(&self) -> f64 {
+        ratio(self.predicted_routed.iter().sum(), self.routed.iter().sum())
+    }
+
+    /// Returns the recall of each layer (0 for a layer the predictor makes no guess for).
+    pub fn recall_per_layer(&self) -> Vec<f64> {
+        self.predicted_routed.iter().zip(&self.routed).map(|(&p, &r)| ratio(p, r)).collect()
+    }
+
+    /// Counts the routed experts of `layer` and how many of them were in `predicted`.
+    pub fn record_routing(&mut self, layer: usize, routed: &[usize], predicted: &[usize]) {
+        if self.routed.len() <= layer {
+            self.routed.resize(layer + 1, 0);
+            self.predicted_routed.resize(layer + 1, 0);
+        }
+        self.routed[layer] += routed.len() as u64;
+        self.predicted_routed[layer] += routed.iter().filter(|e| predicted.contains(e)).count() as u64;
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 /// All store counters.
 #[derive(Clone, Debug, Default)]
 pub struct StoreStats {
     pub prompt: PhaseCounters,
     pub decode: PhaseCounters,
+    pub prefetch: PrefetchCounters,
 }
 
 impl StoreStats {

@@ -8,16 +8,16 @@
 //! the forward pass runs on the slot memory, then unpins. A failed read marks the slot Failed;
 //! every waiter gets the error, and the slot empties once the last waiter unpins it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use super::io::{open_backend, BackendChoice, IoOptions, ReadBackend, ReadJob, DIRECT_ALIGN};
-use super::policy::{EvictionPolicy, PerLayerLru, SlotView};
+use super::io::{open_backend, BackendChoice, IoOptions, ReadBackend, ReadChunk, ReadJob, DIRECT_ALIGN};
+use super::policy::PerLayerLru;
 use super::slots::SlotLayout;
 use super::stats::StoreStats;
+use super::table::{Demand, SlotTable, Status};
 use super::{ExpertId, ExpertRanges, ExpertStore, ExpertWeights};
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
@@ -39,26 +39,10 @@ impl Default for StoreOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Status {
-    Empty,
-    Loading,
-    Ready,
-    Failed(String),
-}
-
-struct Slot {
-    expert: Option<ExpertId>,
-    status: Status,
-    pins: u32,
-    last_used: u64,
-}
-
 struct State {
-    slots: Vec<Slot>,
-    resident: HashMap<ExpertId, usize>,
-    clock: u64,
-    policy: Box<dyn EvictionPolicy>,
+    table: SlotTable,
+    /// The read job of each Loading slot, to raise its priority or cancel it.
+    jobs: Vec<Option<Arc<ReadJob>>>,
     stats: StoreStats,
 }
 
@@ -142,10 +126,8 @@ impl StreamingStore {
 
         let n_layer = ranges.len();
         let state = State {
-            slots: (0..n_slots).map(|_| Slot { expert: None, status: Status::Empty, pins: 0, last_used: 0 }).collect(),
-            resident: HashMap::new(),
-            clock: 0,
-            policy: Box::new(PerLayerLru::new(n_slots, n_layer)),
+            table: SlotTable::new(n_slots, Box::new(PerLayerLru::new(n_slots, n_layer))),
+            jobs: vec![None; n_slots],
             stats: StoreStats::default(),
         };
         log::debug!(
@@ -154,7 +136,7 @@ impl StreamingStore {
             layout.slot_bytes,
             opened.backend.name(),
             opened.reason,
-            state.policy.name()
+            state.table.policy_name()
         );
         Ok(StreamingStore {
             backend: opened.backend,
@@ -193,54 +175,61 @@ impl StreamingStore {
         let mut state = self.shared.state.lock().unwrap();
         for &expert in experts {
             let id = ExpertId { layer, expert };
-            state.clock += 1;
-            let now = state.clock;
-            if let Some(&index) = state.resident.get(&id) {
-                let slot = &mut state.slots[index];
-                let hit = slot.status == Status::Ready;
-                slot.pins += 1;
-                slot.last_used = now;
-                let counters = state.stats.phase_mut(phase);
-                if hit {
-                    counters.hits += 1;
-                } else {
-                    counters.misses += 1;
+            let (demand, notes) = loop {
+                match state.table.request(id) {
+                    // Every slot is pinned by other requests: wait for one to be released.
+                    (Demand::Full, _) => state = self.shared.changed.wait(state).unwrap(),
+                    outcome => break outcome,
                 }
-                pinned.push(index);
-                continue;
-            }
-            let index = loop {
-                if let Some(index) = self.choose_slot(&mut state, id) {
-                    break index;
-                }
-                // Every slot is pinned by other requests: wait for one to be released.
-                state = self.shared.changed.wait(state).unwrap();
             };
-            if let Some(old) = state.slots[index].expert.take() {
-                state.resident.remove(&old);
-                log::trace!("evicting expert {} of layer {} from slot {index}", old.expert, old.layer);
-            }
-            state.slots[index] = Slot { expert: Some(id), status: Status::Loading, pins: 1, last_used: now };
-            state.resident.insert(id, index);
             let counters = state.stats.phase_mut(phase);
-            counters.misses += 1;
-            counters.reads += 1;
-            pinned.push(index);
-            reads.push((index, id));
+            match demand {
+                Demand::Hit(index) => {
+                    counters.hits += 1;
+                    pinned.push(index);
+                }
+                Demand::Pending(index) => {
+                    counters.misses += 1;
+                    // A demand read waits for the prefetch already reading its expert, which
+                    // now goes ahead of other prefetches.
+                    if let Some(job) = &state.jobs[index] {
+                        job.make_urgent();
+                    }
+                    pinned.push(index);
+                }
+                Demand::Read(index) => {
+                    counters.misses += 1;
+                    counters.reads += 1;
+                    pinned.push(index);
+                    reads.push((index, id));
+                }
+                Demand::Full => unreachable!("the loop above waits until a slot is free"),
+            }
+            if notes.prefetch_used {
+                state.stats.prefetch.used += 1;
+            }
+            if let Some(evicted) = notes.evicted.filter(|e| e.unused_prefetch) {
+                state.stats.prefetch.wasted_bytes += self.ranges[evicted.expert.layer][evicted.expert.expert].n_bytes();
+            }
+        }
+        let mut submissions = Vec::with_capacity(reads.len());
+        for &(index, id) in &reads {
+            let (chunks, job) = self.prepare_read(index, id, phase, true);
+            state.jobs[index] = Some(Arc::clone(&job));
+            submissions.push((chunks, job));
         }
         drop(state);
-
-        for &(index, id) in &reads {
-            self.start_read(index, id, phase);
+        for (chunks, job) in submissions {
+            self.backend.submit(chunks, job);
         }
 
         let wait_start = Instant::now();
         let mut state = self.shared.state.lock().unwrap();
-        while pinned.iter().any(|&i| state.slots[i].status == Status::Loading) {
+        while pinned.iter().any(|&i| state.table.slots[i].status == Status::Loading) {
             state = self.shared.changed.wait(state).unwrap();
         }
         state.stats.phase_mut(phase).io_wait_s += wait_start.elapsed().as_secs_f64();
-        let failure = pinned.iter().find_map(|&i| match &state.slots[i].status {
+        let failure = pinned.iter().find_map(|&i| match &state.table.slots[i].status {
             Status::Failed(message) => Some(message.clone()),
             _ => None,
         });
@@ -252,39 +241,38 @@ impl StreamingStore {
         Ok(pinned)
     }
 
-    /// Returns a free slot, or a victim chosen by the policy, or `None` if every slot is pinned
-    /// or loading.
-    fn choose_slot(&self, state: &mut State, incoming: ExpertId) -> Option<usize> {
-        if let Some(free) = state.slots.iter().position(|s| s.expert.is_none() && s.pins == 0) {
-            return Some(free);
-        }
-        let views: Vec<SlotView> = state
-            .slots
-            .iter()
-            .map(|s| SlotView { expert: s.expert, evictable: s.pins == 0 && s.status == Status::Ready, last_used: s.last_used })
-            .collect();
-        state.policy.choose_victim(incoming, &views)
-    }
-
-    fn start_read(&self, index: usize, id: ExpertId, phase: Phase) {
+    /// Prepares the read of `id` into slot `index`: its chunks, and the job whose completion
+    /// marks the slot Ready or Failed. `urgent` is true for demand reads, which go ahead of
+    /// prefetches. Submit the chunks with the state unlocked, because a backend that cannot
+    /// take them completes the job at once.
+    fn prepare_read(&self, index: usize, id: ExpertId, phase: Phase, urgent: bool) -> (Vec<ReadChunk>, Arc<ReadJob>) {
         let ranges = &self.ranges[id.layer][id.expert];
         let slot_ptr = self.slot(index).as_ptr() as *mut u8;
         let chunks = self.layout.chunks(ranges, slot_ptr, self.io.chunk_bytes);
         let shared = Arc::clone(&self.shared);
         let started = Instant::now();
         let parts = [ranges.gate.clone(), ranges.up.clone(), ranges.down.clone()];
-        log::trace!("reading expert {} of layer {} into slot {index}", id.expert, id.layer);
+        log::trace!(
+            "{} read of expert {} of layer {} into slot {index}",
+            if urgent { "demand" } else { "prefetch" },
+            id.expert,
+            id.layer
+        );
 
         let job = ReadJob::new(
             chunks.len(),
+            urgent,
             Box::new(move |outcome| {
                 let mut state = shared.state.lock().unwrap();
-                state.stats.phase_mut(phase).record_latency(started.elapsed().as_micros() as u64);
-                state.slots[index].status = match outcome {
+                state.jobs[index] = None;
+                let result = match outcome {
                     Ok(bytes) => {
-                        state.stats.phase_mut(phase).bytes_read += bytes;
-                        Status::Ready
+                        let counters = state.stats.phase_mut(phase);
+                        counters.record_latency(started.elapsed().as_micros() as u64);
+                        counters.bytes_read += bytes;
+                        Ok(())
                     }
+                    Err(failure) if failure.cancelled => Err("the prefetch was cancelled".to_string()),
                     Err(failure) => {
                         // Name the range whose aligned read contains the failed offset.
                         let align = DIRECT_ALIGN as u64;
@@ -292,31 +280,24 @@ impl StreamingStore {
                             .iter()
                             .find(|r| (r.offset / align * align..(r.offset + r.n_bytes).div_ceil(align) * align).contains(&failure.offset))
                             .unwrap_or(&parts[0]);
-                        Status::Failed(format!(
+                        Err(format!(
                             "failed to read expert {} of layer {} (tensor {}, expert data at offset {}): {failure}",
                             id.expert, id.layer, part.tensor, part.offset
                         ))
                     }
                 };
+                state.table.finish(index, result);
                 drop(state);
                 shared.changed.notify_all();
             }),
         );
-        self.backend.submit(chunks, job);
+        (chunks, job)
     }
 
     fn unpin(&self, pinned: &[usize]) {
         let mut state = self.shared.state.lock().unwrap();
         for &index in pinned {
-            let slot = &mut state.slots[index];
-            slot.pins -= 1;
-            if slot.pins == 0 && matches!(slot.status, Status::Failed(_)) {
-                let expert = slot.expert.take();
-                slot.status = Status::Empty;
-                if let Some(id) = expert {
-                    state.resident.remove(&id);
-                }
-            }
+            state.table.unpin(index);
         }
         drop(state);
         self.shared.changed.notify_all();
@@ -374,7 +355,7 @@ impl ExpertStore for StreamingStore {
         StoreReport {
             io_backend: self.backend.name(),
             io_backend_reason: self.backend_reason.clone(),
-            eviction_policy: state.policy.name(),
+            eviction_policy: state.table.policy_name(),
             slots: self.n_slots,
             slot_bytes: self.layout.slot_bytes as u64,
             ram_budget_bytes: self.ram_budget,

@@ -13,7 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::aligned::AlignedBuf;
@@ -78,11 +79,20 @@ pub struct ReadChunk {
 // pointer may move to the I/O thread that performs the read.
 unsafe impl Send for ReadChunk {}
 
-/// Why a read failed: the file offset of the chunk and the error.
+/// Why a read failed: the file offset of the chunk and the error, or a cancelled prefetch.
 #[derive(Debug)]
 pub struct ReadFailure {
     pub offset: u64,
     pub error: io::Error,
+    /// The job was cancelled before this chunk was read.
+    pub cancelled: bool,
+}
+
+impl ReadFailure {
+    /// A failed read of the chunk at `offset`.
+    pub fn new(offset: u64, error: io::Error) -> Self {
+        ReadFailure { offset, error, cancelled: false }
+    }
 }
 
 impl fmt::Display for ReadFailure {
@@ -94,7 +104,13 @@ impl fmt::Display for ReadFailure {
 type Completion = Box<dyn FnOnce(Result<u64, ReadFailure>) + Send>;
 
 /// The chunks of one expert read, and the callback to run when the last one finishes.
+///
+/// Demand reads are urgent: backends read their chunks before those of prefetches. A prefetch
+/// becomes urgent when a demand request starts waiting for it, and can be cancelled while no
+/// request waits: its chunks not yet started are then dropped.
 pub struct ReadJob {
+    urgent: AtomicBool,
+    cancelled: AtomicBool,
     remaining: AtomicUsize,
     bytes: AtomicU64,
     failure: Mutex<Option<ReadFailure>>,
@@ -104,13 +120,35 @@ pub struct ReadJob {
 impl ReadJob {
     /// Creates a job of `chunks` chunks that calls `completion` with the bytes read or the first
     /// failure.
-    pub fn new(chunks: usize, completion: Completion) -> Arc<Self> {
+    pub fn new(chunks: usize, urgent: bool, completion: Completion) -> Arc<Self> {
         Arc::new(ReadJob {
+            urgent: AtomicBool::new(urgent),
+            cancelled: AtomicBool::new(false),
             remaining: AtomicUsize::new(chunks),
             bytes: AtomicU64::new(0),
             failure: Mutex::new(None),
             completion: Mutex::new(Some(completion)),
         })
+    }
+
+    /// Returns whether the job's chunks go before those of prefetches.
+    pub fn is_urgent(&self) -> bool {
+        self.urgent.load(Ordering::Relaxed)
+    }
+
+    /// Moves the job's chunks not yet started ahead of prefetches.
+    pub fn make_urgent(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops the job's chunks not yet started; the job completes as cancelled.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns whether the job was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// Records the outcome of one chunk; the last chunk runs the completion.
@@ -135,6 +173,42 @@ impl ReadJob {
                 completion(outcome);
             }
         }
+    }
+}
+
+/// Chunks waiting for a backend to read them. Chunks of urgent jobs come first, then the rest
+/// in the order submitted; chunks of cancelled jobs are completed as cancelled instead of read.
+#[derive(Default)]
+pub struct PendingReads {
+    chunks: VecDeque<(ReadChunk, Arc<ReadJob>)>,
+}
+
+impl PendingReads {
+    pub fn push(&mut self, chunk: ReadChunk, job: Arc<ReadJob>) {
+        self.chunks.push_back((chunk, job));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Takes the next chunk to read. The queue holds at most the chunks of a few experts, so a
+    /// scan for the first urgent one is cheap.
+    pub fn pop(&mut self) -> Option<(ReadChunk, Arc<ReadJob>)> {
+        loop {
+            let index = self.chunks.iter().position(|(_, job)| job.is_urgent()).unwrap_or(0);
+            let (chunk, job) = self.chunks.remove(index)?;
+            if !job.is_cancelled() || job.is_urgent() {
+                return Some((chunk, job));
+            }
+            let error = io::Error::new(io::ErrorKind::Interrupted, "the prefetch was cancelled");
+            job.chunk_done(Err(ReadFailure { offset: chunk.offset, error, cancelled: true }));
+        }
+    }
+
+    /// Takes every chunk left, in order.
+    pub fn drain(&mut self) -> impl Iterator<Item = (ReadChunk, Arc<ReadJob>)> + '_ {
+        self.chunks.drain(..)
     }
 }
 

@@ -6,40 +6,62 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use super::{IoOptions, ReadBackend, ReadChunk, ReadFailure, ReadJob};
+use super::{IoOptions, PendingReads, ReadBackend, ReadChunk, ReadFailure, ReadJob};
 
-type Work = (ReadChunk, Arc<ReadJob>);
+/// The queue the workers share, and whether the backend is shutting down.
+#[derive(Default)]
+struct Queue {
+    pending: Mutex<(PendingReads, bool)>,
+    added: Condvar,
+}
 
 /// A thread pool of `queue_depth` readers sharing one queue of chunks.
 pub struct PreadBackend {
     name: &'static str,
-    sender: Mutex<Option<Sender<Work>>>,
+    queue: Arc<Queue>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl PreadBackend {
     pub fn new(file: File, options: IoOptions, name: &'static str) -> io::Result<Self> {
-        let (sender, receiver) = channel::<Work>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue::default());
         let file = Arc::new(file);
         let mut workers = Vec::with_capacity(options.queue_depth);
         for i in 0..options.queue_depth.max(1) {
-            let receiver = Arc::clone(&receiver);
-            let file = Arc::clone(&file);
-            workers.push(std::thread::Builder::new().name(format!("mer-{name}-{i}")).spawn(move || worker(&file, &receiver))?);
+            let (worker_queue, file) = (Arc::clone(&queue), Arc::clone(&file));
+            let spawned =
+                std::thread::Builder::new().name(format!("mer-{name}-{i}")).spawn(move || worker(&file, &worker_queue));
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => {
+                    // Stop the workers already started before reporting the failure.
+                    drop(PreadBackend { name, queue, workers });
+                    return Err(e);
+                }
+            }
         }
-        Ok(PreadBackend { name, sender: Mutex::new(Some(sender)), workers })
+        Ok(PreadBackend { name, queue, workers })
     }
 }
 
-fn worker(file: &File, receiver: &Mutex<Receiver<Work>>) {
+/// Reads chunks until the backend shuts down and the queue is empty.
+fn worker(file: &File, queue: &Queue) {
     loop {
-        let next = receiver.lock().unwrap().recv();
-        let Ok((chunk, job)) = next else { return };
+        let mut pending = queue.pending.lock().unwrap();
+        let next = loop {
+            if let Some(work) = pending.0.pop() {
+                break Some(work);
+            }
+            if pending.1 {
+                break None;
+            }
+            pending = queue.added.wait(pending).unwrap();
+        };
+        drop(pending);
+        let Some((chunk, job)) = next else { return };
         job.chunk_done(read_chunk(file, &chunk));
     }
 }
@@ -53,14 +75,14 @@ pub fn read_chunk(file: &File, chunk: &ReadChunk) -> Result<usize, ReadFailure> 
     while done < chunk.required {
         match file.read_at(&mut buf[done..], chunk.offset + done as u64) {
             Ok(0) => {
-                return Err(ReadFailure {
-                    offset: chunk.offset + done as u64,
-                    error: io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before the expert's data"),
-                })
+                return Err(ReadFailure::new(
+                    chunk.offset + done as u64,
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before the expert's data"),
+                ))
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ReadFailure { offset: chunk.offset + done as u64, error: e }),
+            Err(e) => return Err(ReadFailure::new(chunk.offset + done as u64, e)),
         }
     }
     Ok(done)
@@ -72,23 +94,20 @@ impl ReadBackend for PreadBackend {
     }
 
     fn submit(&self, chunks: Vec<ReadChunk>, job: Arc<ReadJob>) {
-        let sender = self.sender.lock().unwrap();
-        let sender = sender.as_ref().expect("the backend is shut down only when dropped");
+        let mut pending = self.queue.pending.lock().unwrap();
         for chunk in chunks {
-            // Sending fails only if every worker has stopped after a panic: fail the read then.
-            if let Err(unsent) = sender.send((chunk, Arc::clone(&job))) {
-                let (chunk, job) = unsent.0;
-                let error = io::Error::other("the pread worker threads have stopped");
-                job.chunk_done(Err(ReadFailure { offset: chunk.offset, error }));
-            }
+            pending.0.push(chunk, Arc::clone(&job));
         }
+        drop(pending);
+        self.queue.added.notify_all();
     }
 }
 
 impl Drop for PreadBackend {
     fn drop(&mut self) {
-        // Closing the channel ends each worker after its current chunk.
-        self.sender.lock().unwrap().take();
+        // Each worker ends once the queue is empty.
+        self.queue.pending.lock().unwrap().1 = true;
+        self.queue.added.notify_all();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }

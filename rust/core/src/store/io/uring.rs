@@ -2,7 +2,6 @@
 //! flight. Other threads hand it chunks over a channel and wake it through an eventfd, which the
 //! ring polls, so the reactor sleeps in one place whether it waits for new work or completions.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -12,7 +11,7 @@ use std::thread::JoinHandle;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{IoOptions, ReadBackend, ReadChunk, ReadFailure, ReadJob};
+use super::{IoOptions, PendingReads, ReadBackend, ReadChunk, ReadFailure, ReadJob};
 
 /// Marks the eventfd poll in `user_data`; read requests use their index in the in-flight table.
 const WAKE: u64 = u64::MAX;
@@ -84,7 +83,7 @@ impl UringBackend {
 fn fail_unsent(message: Message) {
     if let Message::Read(chunk, job) = message {
         let error = io::Error::other("the io_uring reactor thread has stopped");
-        job.chunk_done(Err(ReadFailure { offset: chunk.offset, error }));
+        job.chunk_done(Err(ReadFailure::new(chunk.offset, error)));
     }
 }
 
@@ -157,14 +156,14 @@ struct Reactor {
 
 impl Reactor {
     fn run(&mut self, receiver: &Receiver<Message>) {
-        let mut waiting: VecDeque<(ReadChunk, Arc<ReadJob>)> = VecDeque::new();
+        let mut waiting = PendingReads::default();
         let mut poll_armed = false;
         let mut closed = false;
         loop {
             // Take every message that has arrived.
             loop {
                 match receiver.try_recv() {
-                    Ok(Message::Read(chunk, job)) => waiting.push_back((chunk, job)),
+                    Ok(Message::Read(chunk, job)) => waiting.push(chunk, job),
                     Ok(Message::Register(buffers, done)) => {
                         self.register(buffers);
                         let _ = done.send(());
@@ -183,7 +182,7 @@ impl Reactor {
 
             // Fill the ring up to the queue depth.
             while self.in_flight.len() - self.free.len() < self.depth {
-                let Some((chunk, job)) = waiting.pop_front() else { break };
+                let Some((chunk, job)) = waiting.pop() else { break };
                 let index = self.free.pop().unwrap_or_else(|| {
                     self.in_flight.push(None);
                     self.in_flight.len() - 1
@@ -276,12 +275,12 @@ impl Reactor {
                 self.push_read(index);
                 return;
             }
-            Some(Err(ReadFailure { offset: read.chunk.offset + read.done as u64, error }))
+            Some(Err(ReadFailure::new(read.chunk.offset + read.done as u64, error)))
         } else if result == 0 && read.done < read.chunk.required {
-            Some(Err(ReadFailure {
-                offset: read.chunk.offset + read.done as u64,
-                error: io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before the expert's data"),
-            }))
+            Some(Err(ReadFailure::new(
+                read.chunk.offset + read.done as u64,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before the expert's data"),
+            )))
         } else {
             read.done += result as usize;
             if read.done >= read.chunk.required || result == 0 {
@@ -300,13 +299,13 @@ impl Reactor {
         }
     }
 
-    fn fail_all(&mut self, waiting: &mut VecDeque<(ReadChunk, Arc<ReadJob>)>, error: &io::Error) {
+    fn fail_all(&mut self, waiting: &mut PendingReads, error: &io::Error) {
         for read in self.in_flight.iter_mut().filter_map(Option::take) {
-            let failure = ReadFailure { offset: read.chunk.offset, error: io::Error::new(error.kind(), error.to_string()) };
+            let failure = ReadFailure::new(read.chunk.offset, io::Error::new(error.kind(), error.to_string()));
             read.job.chunk_done(Err(failure));
         }
-        for (chunk, job) in waiting.drain(..) {
-            job.chunk_done(Err(ReadFailure { offset: chunk.offset, error: io::Error::new(error.kind(), error.to_string()) }));
+        for (chunk, job) in waiting.drain() {
+            job.chunk_done(Err(ReadFailure::new(chunk.offset, io::Error::new(error.kind(), error.to_string()))));
         }
     }
 }
@@ -315,7 +314,7 @@ impl Reactor {
 fn fail_until_closed(receiver: &Receiver<Message>, error: &io::Error) {
     while let Ok(message) = receiver.recv() {
         if let Message::Read(chunk, job) = message {
-            job.chunk_done(Err(ReadFailure { offset: chunk.offset, error: io::Error::new(error.kind(), error.to_string()) }));
+            job.chunk_done(Err(ReadFailure::new(chunk.offset, io::Error::new(error.kind(), error.to_string()))));
         }
     }
 }
