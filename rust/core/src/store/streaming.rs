@@ -534,4 +534,62 @@ mod tests {
         .unwrap();
         std::fs::remove_file(path).unwrap();
     }
+
+    #[test]
+    fn prefetch_inside_a_layer_keeps_its_experts() {
+        let (path, ranges) = expert_file("prefetch-pinned", 8);
+        for backend in [BackendChoice::IoUring, BackendChoice::Pread] {
+            // Three slots: the two pinned experts, and one free slot that a prefetch must leave.
+            let options = StoreOptions { backend, ram_budget: Some(3 * 3 * 4096), ..StoreOptions::default() };
+            let store = StreamingStore::open(&path, ranges.clone(), 2, &options).unwrap();
+            store
+                .with_experts(0, &[0, 1], &mut |w| {
+                    let wanted: Vec<ExpertId> = (2..8).map(|expert| ExpertId { layer: 0, expert }).collect();
+                    assert!(store.prefetch(&wanted).is_empty(), "a prefetch took the last free slot");
+                    assert_eq!(first_value(&w[0]), 0.0);
+                    assert_eq!(first_value(&w[1]), 1.0);
+                    Ok(())
+                })
+                .unwrap();
+            // Once unpinned, experts 0 and 1 may give way to prefetches, and every expert reads.
+            let issued = store.prefetch(&[ExpertId { layer: 0, expert: 5 }, ExpertId { layer: 0, expert: 6 }]);
+            assert!(!issued.is_empty());
+            for e in 0..8 {
+                store
+                    .with_experts(0, &[e, (e + 3) % 8], &mut |w| {
+                        assert_eq!(first_value(&w[0]), e as f32);
+                        assert_eq!(first_value(&w[1]), ((e + 3) % 8) as f32);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn demand_reads_proceed_when_prefetches_fill_the_pool() {
+        let (path, ranges) = expert_file("prefetch-full", 8);
+        let options = StoreOptions { backend: BackendChoice::Pread, ram_budget: Some(4 * 3 * 4096), ..StoreOptions::default() };
+        let store = StreamingStore::open(&path, ranges, 1, &options).unwrap();
+        for round in 0..20 {
+            // Fill every slot it may take with prefetches, some still loading, then demand others.
+            let wanted: Vec<ExpertId> = (0..8).map(|expert| ExpertId { layer: 0, expert: (expert + round) % 8 }).collect();
+            store.prefetch(&wanted);
+            for e in [(round + 5) % 8, (round + 7) % 8] {
+                store
+                    .with_experts(0, &[e], &mut |w| {
+                        assert_eq!(first_value(&w[0]), e as f32);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            if round % 2 == 0 {
+                store.cancel_prefetches(1..=1);
+            }
+        }
+        let stats = store.report().stats;
+        assert!(stats.prefetch.issued > 0);
+        std::fs::remove_file(path).unwrap();
+    }
 }
