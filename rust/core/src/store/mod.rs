@@ -8,6 +8,7 @@
 
 pub mod io;
 pub mod policy;
+pub mod replay;
 pub mod slots;
 pub mod stats;
 pub mod streaming;
