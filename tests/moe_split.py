@@ -58,6 +58,7 @@ def write_moe_split(
     n_used: int | None = None,
     layout: str = "merged",
     n_layer: int | None = None,
+    router: str = "zero",
 ) -> Path:
     """Write ``dst``, the dense model ``src`` with each FFN split into ``n_expert`` experts.
 
@@ -66,7 +67,10 @@ def write_moe_split(
     ``n_used`` (default ``n_expert``) becomes ``expert_used_count``. ``layout`` "merged"
     writes ``blk.N.ffn_<part>_exps.weight`` with the expert outermost, and "legacy" writes
     one ``blk.N.ffn_<part>.E.weight`` per expert. ``n_layer`` keeps only the first blocks
-    (default: all). ``n_expert`` must be a power of two, so that the scaled weights and the
+    (default: all). ``router`` "zero" writes the all-zero router described above, and
+    "mean-gate" makes router row e the mean of expert e's gate rows, so that tokens are routed
+    by their real hidden states (the mixture is then a different model from the dense one).
+    ``n_expert`` must be a power of two, so that the scaled weights and the
     expert weight 1 / n_expert are exact in f16 and f32. FFN tensors must be F32, F16, Q4_0,
     Q4_1 or Q8_0, and each expert's share of a down row must be whole blocks. Raises
     ``ValueError`` for any other input. Returns ``dst``.
@@ -78,6 +82,8 @@ def write_moe_split(
         raise ValueError(f"n_used must be in [1, {n_expert}], got {n_used}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
+    if router not in ("zero", "mean-gate"):
+        raise ValueError(f"unknown router {router!r}, expected 'zero' or 'mean-gate'")
 
     reader, src = _open(src)
     arch = _architecture(reader)
@@ -101,8 +107,12 @@ def write_moe_split(
         layer, part = int(match.group(1)), match.group(2)
         if part == "gate":
             n_embd = int(tensor.shape[0])
-            router = np.zeros((n_expert, n_embd), dtype=np.float32)
-            writer.add_tensor(f"blk.{layer}.ffn_gate_inp.weight", router)
+            if router == "mean-gate":
+                gate = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(n_ff, n_embd)
+                rows = gate.reshape(n_expert, n_ff // n_expert, n_embd).mean(axis=1).astype(np.float32)
+            else:
+                rows = np.zeros((n_expert, n_embd), dtype=np.float32)
+            writer.add_tensor(f"blk.{layer}.ffn_gate_inp.weight", rows)
         if part == "down":
             experts = _split_down(tensor, n_expert)
         else:

@@ -18,7 +18,19 @@ def dequantize_tensor(path: str | os.PathLike[str], name: str) -> npt.NDArray[np
 class CoreModel:
     """A loaded model and one context (KV cache) to run it in."""
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None: ...
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        ram_budget: int | None = None,
+        io_backend: str = "auto",
+        chunk_bytes: int | None = None,
+        queue_depth: int | None = None,
+        prefetch: bool = True,
+        lookahead: int = 1,
+        margin: int = 1,
+        trace: str | os.PathLike[str] | None = None,
+    ) -> None: ...
     def eval(
         self, tokens: list[int], all_logits: bool = False, phase: str = "prompt"
     ) -> npt.NDArray[np.float32]:

@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--io-backend", choices=["auto", "io_uring", "pread", "buffered"], default="auto",
                      help="how experts are read: io_uring, a pread thread pool with O_DIRECT, or buffered "
                           "reads; auto falls back in that order (default: auto)")
+    gen.add_argument("--prefetch", choices=["on", "off"], default="on",
+                     help="while a layer computes, read the experts the next layer is predicted to use (its "
+                          "router applied to the current hidden state); a governor narrows or stops this when the "
+                          "guesses are often wrong (default: on)")
+    gen.add_argument("--trace", metavar="FILE",
+                     help="write a routing trace (JSON Lines: the experts each layer routed to, the predictor's "
+                          "guesses and the prefetches) for `mer replay`")
     gen.add_argument("--json", action="store_true",
                      help="print one JSON object (prompt_ids, generated_ids, text, stop_reason, stats) instead of streaming")
     _add_verbosity(gen)
@@ -210,7 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .model import Model
 
-    model = Model(args.model, threads=args.threads, ram_budget=args.ram_budget, io_backend=args.io_backend)
+    model = Model(
+        args.model, threads=args.threads, ram_budget=args.ram_budget, io_backend=args.io_backend,
+        prefetch=args.prefetch == "on", trace=args.trace,
+    )
     prompt = args.prompt
     if args.chat:
         messages = []

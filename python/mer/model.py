@@ -42,12 +42,14 @@ class Model:
         threads: int | None = None,
         ram_budget: str | int | None = None,
         io_backend: str = "auto",
+        prefetch: bool = True,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
         self.path = resolve_model_path(path)
         budget = None if ram_budget is None else parse_size(ram_budget)
-        self._core = _core.CoreModel(self.path, threads, budget, io_backend)
+        self._core = _core.CoreModel(self.path, threads, budget, io_backend, prefetch=bool(prefetch), trace=trace)
         self.metadata: dict[str, Any] = self._core.metadata
         self.config: dict[str, Any] = self._core.config
         self.tokenizer = Tokenizer.from_metadata(self.metadata, source=str(self.path))
@@ -265,12 +267,16 @@ def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
         "  decode: %d forward passes at %.2f tokens/s\n"
         "  decode experts: hit rate %.3f (%d hits, %d misses), %.1f MiB read, I/O share %.3f "
         "(I/O wait %.2f s, compute %.2f s), read latency p50/p95/p99 %d/%d/%d us\n"
+        "  prefetch: %s, governor %s, %d issued, %d used (%d ready in time), precision %.2f, "
+        "%.1f MiB wasted; predictor recall %.2f\n"
         "  memory: %s backend, %d slots of %.1f MiB, RAM budget %s, resident weights %.1f MiB, "
         "KV cache %.1f MiB, peak RSS %.1f MiB; %d threads",
         stop_reason, stats["prompt_tokens"], stats["prompt_tokens_per_s"], stats["decode_tokens"],
         stats["decode_tokens_per_s"], stats["hit_rate"], stats["hits"], stats["misses"], stats["bytes_read"] / MIB,
         stats["io_share"], stats["io_wait_s"], stats["compute_s"], latency["p50"], latency["p95"], latency["p99"],
-        stats["io_backend"], stats["slots"], stats["slot_bytes"] / MIB,
+        "on" if stats["prefetch"] else "off", stats["governor_state"], stats["prefetch_issued"], stats["prefetch_used"],
+        stats["prefetch_hits"], stats["prefetch_precision"], stats["prefetch_wasted_bytes"] / MIB,
+        stats["predictor_recall"], stats["io_backend"], stats["slots"], stats["slot_bytes"] / MIB,
         "none (every expert has a slot)" if budget is None else f"{budget / 2**30:.2f} GiB",
         stats["resident_bytes"] / MIB, stats["kv_cache_bytes"] / MIB, stats["peak_rss_bytes"] / MIB, stats["threads"],
     )

@@ -13,6 +13,7 @@ use mer_core::gguf::{GgufFile, MetaValue};
 use mer_core::model::KvCache;
 use mer_core::quant::dequantize;
 use mer_core::store::io::{BackendChoice, IoOptions};
+use mer_core::store::prefetch::{PrefetchOptions, Trial};
 use mer_core::store::StoreOptions;
 use mer_core::{Error, Logits, Model, ModelOptions, Phase};
 use numpy::ndarray::Array2;
@@ -212,8 +213,12 @@ impl CoreModel {
     /// cores). `ram_budget` is the bytes for expert slots (default: every expert gets a slot),
     /// `io_backend` is "auto", "io_uring", "pread" or "buffered", `chunk_bytes` the size of each
     /// read request (a multiple of 4096) and `queue_depth` the reads kept in flight.
+    /// `prefetch` reads the experts that the next `lookahead` layers are predicted to use while
+    /// the current layer computes, guessing `margin` experts beyond those a token uses. `trace`
+    /// is a file to write the routing trace to.
     #[new]
-    #[pyo3(signature = (path, threads=None, ram_budget=None, io_backend="auto", chunk_bytes=None, queue_depth=None))]
+    #[pyo3(signature = (path, threads=None, ram_budget=None, io_backend="auto", chunk_bytes=None, queue_depth=None, prefetch=true, lookahead=1, margin=1, trace=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -222,6 +227,10 @@ impl CoreModel {
         io_backend: &str,
         chunk_bytes: Option<usize>,
         queue_depth: Option<usize>,
+        prefetch: bool,
+        lookahead: usize,
+        margin: usize,
+        trace: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         if threads == Some(0) {
             return Err(PyValueError::new_err("threads must be at least 1"));
@@ -242,7 +251,18 @@ impl CoreModel {
             }
             io.queue_depth = depth;
         }
-        let options = ModelOptions { threads, store: StoreOptions { ram_budget, backend, io } };
+        if !(1..=4).contains(&lookahead) {
+            return Err(PyValueError::new_err(format!("lookahead must be between 1 and 4 layers, not {lookahead}")));
+        }
+        if margin > 16 {
+            return Err(PyValueError::new_err(format!("margin must be between 0 and 16 experts, not {margin}")));
+        }
+        let options = ModelOptions {
+            threads,
+            store: StoreOptions { ram_budget, backend, io },
+            prefetch: PrefetchOptions { enabled: prefetch, lookahead, margin },
+            trace,
+        };
         let model = run_detached(py, || Model::open(&path, options))?;
         let kv = Mutex::new(model.new_cache());
         Ok(CoreModel { model, kv })
@@ -404,6 +424,33 @@ impl CoreModel {
         out.set_item("decode_s", s.decode_s)?;
         out.set_item("decode_tokens_per_s", s.decode_tokens_per_s())?;
         out.set_item("peak_rss_bytes", mer_core::stats::peak_rss_bytes())?;
+
+        let (options, predictor, (governor, trials)) = self.model.prefetch_report();
+        let prefetch = &store.stats.prefetch;
+        out.set_item("prefetch", options.enabled)?;
+        out.set_item("predictor", predictor)?;
+        out.set_item("prefetch_lookahead", options.lookahead)?;
+        out.set_item("prefetch_margin", options.margin)?;
+        out.set_item("prefetch_issued", prefetch.issued)?;
+        out.set_item("prefetch_used", prefetch.used)?;
+        out.set_item("prefetch_hits", prefetch.hits)?;
+        out.set_item("prefetch_cancelled", prefetch.cancelled)?;
+        out.set_item("prefetch_wasted_bytes", prefetch.wasted_bytes)?;
+        out.set_item("prefetch_precision", prefetch.precision())?;
+        out.set_item("predictor_recall", prefetch.recall())?;
+        out.set_item("predictor_recall_per_layer", prefetch.recall_per_layer())?;
+        let state = match trials.trial {
+            _ if !options.enabled => "disabled".to_string(),
+            Trial::WithPrefetch => format!("{} (measuring with prefetch)", governor.state),
+            Trial::WithoutPrefetch { .. } => format!("{} (measuring without prefetch)", governor.state),
+            Trial::Settled { prefetch: true } => governor.state.to_string(),
+            Trial::Settled { prefetch: false } => format!("off (measured slower; guesses {})", governor.state),
+        };
+        out.set_item("governor_state", state)?;
+        out.set_item("governor_top_k_precision", governor.top_k_precision)?;
+        out.set_item("governor_margin_precision", governor.margin_precision)?;
+        let per_token = if s.decode_tokens > 0 { decode.io_wait_s / s.decode_tokens as f64 } else { 0.0 };
+        out.set_item("io_wait_s_per_token", per_token)?;
         Ok(out)
     }
 }

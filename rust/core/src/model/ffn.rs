@@ -9,39 +9,79 @@ use rayon::prelude::*;
 
 use super::config::Config;
 use super::forward::{route, silu};
+use super::trace::TraceStep;
 use super::weights::LayerWeights;
+use super::Model;
 use crate::error::Result;
 use crate::quant::{by_input, Activation, Products, ROWS_PER_TASK};
-use crate::store::{ExpertStore, ExpertWeights};
+use crate::stats::Phase;
+use crate::store::prefetch::StepPlan;
+use crate::store::ExpertWeights;
 
 /// One token's experts in ascending id order, with their router weights.
 type Route = Vec<(usize, f32)>;
 
-/// Runs the FFN of `layer` on the normed inputs `xn` and returns its output, token after token.
-pub(crate) fn feed_forward(
-    store: &dyn ExpertStore,
-    c: &Config,
-    layer: usize,
-    w: &LayerWeights,
-    xn: &[Activation],
-) -> Result<Vec<f32>> {
-    let n = xn.len();
-    let routes = routes(c, w, xn);
+impl Model {
+    /// Runs the FFN of `layer` on the normed inputs `xn` and returns its output, token after
+    /// token. `x` is the residual stream the inputs were normed from. For a generated token,
+    /// the prefetcher guesses the coming layers' experts from it, and the reads it asks for
+    /// start while this layer computes.
+    pub(crate) fn feed_forward(
+        &self,
+        layer: usize,
+        w: &LayerWeights,
+        x: &[f32],
+        xn: &[Activation],
+        batch: u64,
+        phase: Phase,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let store = self.store.as_ref();
+        let n = xn.len();
+        let routes = routes(c, w, xn);
+        let routed: Vec<Vec<usize>> = routes.iter().map(|r| r.iter().map(|&(e, _)| e).collect()).collect();
 
-    // Every expert the batch uses, in ascending order, a group at a time. A group is as many
-    // experts as one token uses, which the slot pool always has room for, so each expert is
-    // read once per batch at any RAM budget.
-    let mut used: Vec<usize> = routes.iter().flatten().map(|&(e, _)| e).collect();
-    used.sort_unstable();
-    used.dedup();
-    let mut out = vec![0.0f32; c.n_embd * n];
-    for group in used.chunks(c.experts_used()) {
-        store.with_experts(layer, group, &mut |weights| {
-            run_experts(group, weights, &routes, xn, &mut out);
-            Ok(())
-        })?;
+        // Every expert the batch uses, in ascending order, a group at a time. A group is as many
+        // experts as one token uses, which the slot pool always has room for, so each expert is
+        // read once per batch at any RAM budget.
+        let mut used: Vec<usize> = routed.iter().flatten().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        let groups: Vec<&[usize]> = used.chunks(c.experts_used()).collect();
+
+        // Guesses and prefetches are made one token at a time, so only while generating.
+        let plan = if n == 1 { self.prefetcher.step(store, layer, x, &routed[0]) } else { StepPlan::default() };
+        if n == 1 && self.prefetcher.options().enabled {
+            store.cancel_prefetches(layer..=layer + self.prefetcher.options().lookahead);
+        }
+
+        let mut out = vec![0.0f32; c.n_embd * n];
+        let mut prefetched = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            store.with_experts(layer, group, &mut |weights| {
+                // Start the prefetches once this layer's first experts are pinned, so that no
+                // prefetch can evict them.
+                if g == 0 && !plan.prefetch.is_empty() {
+                    prefetched = store.prefetch(&plan.prefetch);
+                }
+                run_experts(group, weights, &routes, xn, &mut out);
+                Ok(())
+            })?;
+        }
+
+        if let Some(trace) = &self.trace {
+            trace.step(&TraceStep {
+                batch,
+                phase,
+                layer,
+                routed: &routed,
+                groups: &groups,
+                predicted: &plan.predicted,
+                prefetched: &prefetched,
+            })?;
+        }
+        Ok(by_input(out, n))
     }
-    Ok(by_input(out, n))
 }
 
 /// Routes each token: the router's top experts, or expert 0 with weight 1 in a dense layer.

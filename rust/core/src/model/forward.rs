@@ -7,19 +7,21 @@
 
 use rayon::prelude::*;
 
+use std::sync::atomic::Ordering;
+
 use super::config::Config;
-use super::ffn;
 use super::kv_cache::KvCache;
 use super::weights::LayerWeights;
 use super::{Logits, Model};
 use crate::error::{Error, Result};
+use crate::stats::Phase;
 use crate::quant::{by_input, Activation, MatRef, Products};
 
 impl Model {
     /// Runs `tokens` at positions `kv.len()` onwards and appends their keys and values to `kv`.
     /// Returns the logits `logits` asks for, `n_vocab` floats per row. On an error, `kv` may
     /// hold partial rows of these tokens, which [`KvCache::truncate_partial`] removes.
-    pub(crate) fn forward_batch(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+    pub(crate) fn forward_batch(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, phase: Phase) -> Result<Vec<f32>> {
         let config = &self.config;
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= config.n_vocab) {
             return Err(Error::InvalidArgument(format!(
@@ -32,6 +34,7 @@ impl Model {
             return Err(Error::ContextFull { n_ctx: kv.capacity() });
         }
         let n = tokens.len();
+        let batch = self.batches.fetch_add(1, Ordering::Relaxed);
 
         // Token embeddings.
         let mut x = vec![0.0f32; n * config.n_embd];
@@ -47,7 +50,7 @@ impl Model {
 
             // FFN block (one expert, or a routed mixture) with a residual connection.
             let xn = normed(&x, &weights.ffn_norm, config.rms_eps);
-            let ffn = ffn::feed_forward(self.store.as_ref(), config, layer, weights, &xn)?;
+            let ffn = self.feed_forward(layer, weights, &x, &xn, batch, phase)?;
             add_into(&mut x, &ffn);
         }
         kv.advance(n);

@@ -7,19 +7,24 @@ mod ffn;
 pub mod forward;
 pub mod kv_cache;
 pub mod tensors;
+pub mod trace;
 pub mod weights;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::stats::{Phase, RunStats};
+use crate::store::predictor::NextLayerGate;
+use crate::store::prefetch::{Governor, PrefetchOptions, Prefetcher, TrialClock};
 use crate::store::{ExpertStore, StoreOptions, StoreReport, StreamingStore};
 pub use config::Config;
 pub use kv_cache::KvCache;
 use tensors::TensorLoader;
+use trace::{TraceHeader, TraceWriter};
 use weights::ResidentWeights;
 
 /// Options for opening a model.
@@ -29,6 +34,10 @@ pub struct ModelOptions {
     pub threads: Option<usize>,
     /// RAM budget, I/O backend and I/O tuning of the expert store.
     pub store: StoreOptions,
+    /// Prefetching of the experts that coming layers are predicted to use.
+    pub prefetch: PrefetchOptions,
+    /// Where to write a routing trace, if anywhere.
+    pub trace: Option<PathBuf>,
 }
 
 /// The logits rows that a call to [`Model::eval`] returns.
@@ -49,6 +58,10 @@ pub struct Model {
     weights: ResidentWeights,
     store: Box<dyn ExpertStore>,
     rope_inv_freq: Vec<f32>,
+    prefetcher: Prefetcher,
+    trace: Option<TraceWriter>,
+    /// Batches run so far, numbering the steps of the trace.
+    batches: AtomicU64,
     pool: rayon::ThreadPool,
     threads: usize,
     expert_file_bytes: u64,
@@ -91,6 +104,31 @@ impl Model {
 
         let rope_inv_freq = forward::rope_inv_freq(&config);
         drop(loader);
+
+        let predictor = next_layer_gate(&weights, &config);
+        let prefetcher = Prefetcher::new(Box::new(predictor), options.prefetch, config.n_layer, config.experts_used());
+        let trace = match &options.trace {
+            Some(path) => {
+                let report = store.report();
+                let model_name = gguf.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                let header = TraceHeader {
+                    model: &model_name,
+                    n_layer: config.n_layer,
+                    n_expert: config.n_expert.max(1),
+                    n_expert_used: config.experts_used(),
+                    expert_bytes: expert_file_bytes / (config.n_layer * config.n_expert.max(1)).max(1) as u64,
+                    slot_bytes: report.slot_bytes,
+                    slots: report.slots,
+                    policy: report.eviction_policy,
+                    predictor: prefetcher.predictor_name(),
+                    prefetch: options.prefetch.enabled,
+                    lookahead: options.prefetch.lookahead,
+                    margin: options.prefetch.margin,
+                };
+                Some(TraceWriter::create(path, &header)?)
+            }
+            None => None,
+        };
         log::debug!(
             "read {} bytes of resident weights and {} bytes of experts in {:.2} s; {threads} compute threads",
             weights.n_bytes(),
@@ -103,6 +141,9 @@ impl Model {
             weights,
             store: Box::new(store),
             rope_inv_freq,
+            prefetcher,
+            trace,
+            batches: AtomicU64::new(0),
             pool,
             threads,
             expert_file_bytes,
@@ -134,7 +175,7 @@ impl Model {
                     Logits::Last if is_last => Logits::Last,
                     _ => Logits::None,
                 };
-                match self.forward_batch(kv, batch, rows) {
+                match self.forward_batch(kv, batch, rows, phase) {
                     Ok(row) => out.extend_from_slice(&row),
                     Err(e) => {
                         kv.truncate_partial();
@@ -145,6 +186,9 @@ impl Model {
             Ok(out)
         });
         self.stats.lock().unwrap().record(phase, n, start.elapsed());
+        if let Some(trace) = &self.trace {
+            trace.flush()?;
+        }
         result
     }
 
@@ -162,6 +206,11 @@ impl Model {
     /// Returns the expert store's configuration and counters.
     pub fn store_report(&self) -> StoreReport {
         self.store.report()
+    }
+
+    /// Returns the prefetch settings, the predictor's name and the governor's state.
+    pub fn prefetch_report(&self) -> (PrefetchOptions, &'static str, (Governor, TrialClock)) {
+        (self.prefetcher.options(), self.prefetcher.predictor_name(), self.prefetcher.governor())
     }
 
     /// Compute threads in use.
@@ -182,6 +231,25 @@ impl Model {
     /// Bytes of RAM the expert store holds.
     pub fn expert_ram_bytes(&self) -> u64 {
         self.store.expert_ram_bytes()
+    }
+}
+
+/// Builds the next-layer gate predictor from copies of each layer's router and FFN norm. The
+/// predictor is inverted (it guesses wrong on purpose) when `MER_TEST_PREDICTOR=inverted`, which
+/// tests use to check that the governor stops prefetching.
+fn next_layer_gate(weights: &ResidentWeights, config: &Config) -> NextLayerGate {
+    let layers = weights
+        .layers
+        .iter()
+        .map(|l| {
+            let router = l.router.as_ref().map(|r| (r.ggml_type, r.rows, r.cols, r.data.to_vec()));
+            (router, l.ffn_norm.clone())
+        })
+        .collect();
+    let predictor = NextLayerGate::new(layers, config.rms_eps);
+    match std::env::var("MER_TEST_PREDICTOR").as_deref() {
+        Ok("inverted") => predictor.inverted(),
+        _ => predictor,
     }
 }
 

@@ -8,6 +8,8 @@
 
 pub mod io;
 pub mod policy;
+pub mod predictor;
+pub mod prefetch;
 pub mod replay;
 pub mod slots;
 pub mod stats;
@@ -84,4 +86,20 @@ pub trait ExpertStore: Send + Sync {
 
     /// Zeroes the counters.
     fn reset_stats(&self);
+
+    /// Starts reading `experts` ahead of need, most urgent first, without pinning them, and
+    /// returns the experts whose reads started. Experts already there are skipped. A prefetch never
+    /// takes the last free slot and never evicts a pinned expert, so it cannot delay the
+    /// experts in use or starve demand reads of a slot.
+    fn prefetch(&self, experts: &[ExpertId]) -> Vec<ExpertId>;
+
+    /// Seconds the forward pass has waited for demand reads while generating.
+    fn decode_io_wait_s(&self) -> f64;
+
+    /// Cancels the prefetches of layers outside `keep` whose reads have not all started.
+    fn cancel_prefetches(&self, keep: std::ops::RangeInclusive<usize>);
+
+    /// Counts, for the recall stats, the experts `layer` routed to and which of them were in
+    /// the predictor's guess.
+    fn record_routing(&self, layer: usize, routed: &[usize], predicted: &[usize]);
 }

@@ -207,6 +207,9 @@ impl StreamingStore {
             }
             if notes.prefetch_used {
                 state.stats.prefetch.used += 1;
+                if matches!(demand, Demand::Hit(_)) {
+                    state.stats.prefetch.hits += 1;
+                }
             }
             if let Some(evicted) = notes.evicted.filter(|e| e.unused_prefetch) {
                 state.stats.prefetch.wasted_bytes += self.ranges[evicted.expert.layer][evicted.expert.expert].n_bytes();
@@ -365,6 +368,53 @@ impl ExpertStore for StreamingStore {
 
     fn reset_stats(&self) {
         self.shared.state.lock().unwrap().stats = StoreStats::default();
+    }
+
+    fn prefetch(&self, experts: &[ExpertId]) -> Vec<ExpertId> {
+        let phase = self.phase();
+        let mut issued = Vec::new();
+        let mut submissions = Vec::new();
+        let mut state = self.shared.state.lock().unwrap();
+        for &id in experts {
+            if self.ranges.get(id.layer).is_none_or(|layer| id.expert >= layer.len()) {
+                continue;
+            }
+            let Some((index, evicted)) = state.table.prefetch(id) else { continue };
+            if let Some(evicted) = evicted.filter(|e| e.unused_prefetch) {
+                state.stats.prefetch.wasted_bytes += self.ranges[evicted.expert.layer][evicted.expert.expert].n_bytes();
+            }
+            state.stats.prefetch.issued += 1;
+            let (chunks, job) = self.prepare_read(index, id, phase, false);
+            state.jobs[index] = Some(Arc::clone(&job));
+            submissions.push((chunks, job));
+            issued.push(id);
+        }
+        drop(state);
+        for (chunks, job) in submissions {
+            self.backend.submit(chunks, job);
+        }
+        issued
+    }
+
+    fn decode_io_wait_s(&self) -> f64 {
+        self.shared.state.lock().unwrap().stats.decode.io_wait_s
+    }
+
+    fn cancel_prefetches(&self, keep: std::ops::RangeInclusive<usize>) {
+        let mut state = self.shared.state.lock().unwrap();
+        for index in 0..self.n_slots {
+            let stale = state.table.slots[index].expert.is_some_and(|id| !keep.contains(&id.layer));
+            if stale && state.table.cancel(index) {
+                if let Some(job) = &state.jobs[index] {
+                    job.cancel();
+                }
+                state.stats.prefetch.cancelled += 1;
+            }
+        }
+    }
+
+    fn record_routing(&self, layer: usize, routed: &[usize], predicted: &[usize]) {
+        self.shared.state.lock().unwrap().stats.prefetch.record_routing(layer, routed, predicted);
     }
 }
 

@@ -114,8 +114,13 @@ impl SlotTable {
     /// Gives a slot to `id` for a prefetch, unpinned and Loading, and returns it with what it
     /// evicted. Returns `None` when `id` is already there, or when the only slots left are the
     /// last free one (kept for demand reads), pinned or loading ones, or unused prefetches.
+    ///
+    /// An expert that is already there counts as used now, so that the prefetches after it,
+    /// for the same layer, evict other experts rather than the ones the predictor expects.
     pub fn prefetch(&mut self, id: ExpertId) -> Option<(usize, Option<Evicted>)> {
-        if self.find(id).is_some() {
+        if let Some(index) = self.find(id) {
+            self.clock += 1;
+            self.slots[index].last_used = self.clock;
             return None;
         }
         let free: Vec<usize> = self.free_slots().take(2).collect();
@@ -273,6 +278,21 @@ mod tests {
         assert_eq!(t.request(id(0, 1)).0, Demand::Read(1));
         t.finish(index, Ok(()));
         assert_eq!(t.slots[index].status, Status::Empty);
+    }
+
+    #[test]
+    fn prefetch_of_a_resident_expert_protects_it() {
+        let mut t = SlotTable::new(4, Box::new(crate::store::policy::GlobalLru));
+        for expert in 0..3 {
+            let (Demand::Read(index), _) = t.request(id(0, expert)) else { panic!() };
+            t.finish(index, Ok(()));
+            t.unpin(index);
+        }
+        // Expert 0 is the least recent, but the predictor expects it again.
+        assert_eq!(t.prefetch(id(0, 0)), None);
+        t.request(id(0, 3));
+        let (_, evicted) = t.prefetch(id(0, 4)).unwrap();
+        assert_eq!(evicted.map(|e| e.expert), Some(id(0, 1)));
     }
 
     #[test]
