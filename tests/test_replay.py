@@ -280,3 +280,72 @@ def test_cli_says_when_prefetch_is_off(alternating):
     result = run_mer("replay", str(alternating))
     assert result.returncode == 0, result.stderr
     assert "prefetch  off (the traced run issued 0)" in result.stdout.splitlines()
+
+
+# The live run and its replay: SmolLM2 split into 8 experts, top-2.
+
+LIVE_PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module", params=["zero", "mean-gate"])
+def top2_split(request, smollm2_file, tmp_path_factory) -> Path:
+    """SmolLM2 split into 8 experts, 2 used. The zero router always picks experts 0 and 1, and
+    the mean-gate router routes each token by its hidden state."""
+    from moe_split import write_moe_split
+
+    path = tmp_path_factory.mktemp("replay") / f"top2_{request.param}.gguf"
+    return write_moe_split(smollm2_file, path, n_expert=8, n_used=2, router=request.param)
+
+
+@pytest.fixture(scope="module")
+def top2_slot_bytes(top2_split) -> int:
+    import mer
+
+    return mer.Model(top2_split, threads=2).stats()["slot_bytes"]
+
+
+def run_traced(path: Path, trace: Path, slots: int, slot_bytes: int, prefetch: bool) -> dict:
+    """Generate 8 greedy tokens with a budget of `slots` slots, writing a trace, and return the
+    run's stats."""
+    import mer
+
+    model = mer.Model(path, threads=2, ram_budget=slots * slot_bytes, prefetch=prefetch, trace=trace)
+    list(model.generate(LIVE_PROMPT, max_tokens=8, temperature=0))
+    stats = model.stats()
+    assert stats["slots"] == slots
+    return stats
+
+
+# 3 slots is the minimum for top-2, 40 gives each of the 30 layers one slot, and 75 gives each
+# two slots, with 15 more to share.
+@pytest.mark.parametrize("slots", [3, 40, 75])
+def test_replay_matches_live_hits_and_misses(top2_split, top2_slot_bytes, tmp_path, slots):
+    trace = tmp_path / "trace.jsonl"
+    live = run_traced(top2_split, trace, slots, top2_slot_bytes, prefetch=False)
+    # Decoding misses in every case but the zero router's 60 experts in 75 slots.
+    assert live["prompt_misses"] > 0
+
+    replayed = replay_trace(trace, slots=slots, policy=live["eviction_policy"], prefetch=False)
+    assert replayed["prompt"]["hits"] == live["prompt_hits"]
+    assert replayed["prompt"]["misses"] == live["prompt_misses"]
+    assert replayed["decode"]["hits"] == live["hits"]
+    assert replayed["decode"]["misses"] == live["misses"]
+    assert replayed["decode"]["reads"] == live["expert_reads"]
+    # The header's settings are the live run's, so the defaults replay the same run.
+    defaults = replay_trace(trace)
+    assert defaults["slots"] == slots
+    assert replay_trace(trace, ram_budget=slots * top2_slot_bytes)["slots"] == slots
+    assert defaults["decode"] == replayed["decode"]
+    assert defaults["prompt"] == replayed["prompt"]
+
+
+def test_replay_recall_matches_live_predictor(top2_split, top2_slot_bytes, tmp_path):
+    # Recall depends only on the routing and the guesses, not on when reads finish, so the
+    # replay of a run with prefetching scores the predictor exactly as the run did.
+    trace = tmp_path / "trace.jsonl"
+    live = run_traced(top2_split, trace, 40, top2_slot_bytes, prefetch=True)
+    replayed = replay_trace(trace, prefetch=True)
+    assert replayed["recall"] == live["predictor_recall"]
+    assert replayed["recall_per_layer"] == live["predictor_recall_per_layer"]
+    assert replayed["recorded_prefetches"] == live["prefetch_issued"]
+    assert replayed["prefetch"] is True

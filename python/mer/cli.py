@@ -117,7 +117,9 @@ run gets from the same guesses. With --prefetch on, each step prefetches every g
 A slot is the RAM for one expert, with each of its three byte ranges rounded out to 4096-byte
 boundaries for O_DIRECT reads, so a slot is a little larger than the expert. With --ram-budget,
 the slot count is the budget divided by the trace's slot_bytes, or by expert_bytes in a trace
-without slot_bytes (which can give more slots than a live run with that budget had).
+without slot_bytes (which can give more slots than a live run with that budget had). Bytes read
+are reads times expert_bytes, the expert's bytes in the file, where a live run reads the 4096-byte
+aligned ranges, a little more.
 """
 
 

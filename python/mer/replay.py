@@ -1,16 +1,18 @@
 """Replay a routing trace through the slot table, an eviction policy and the prefetcher.
 
-A routing trace (JSON Lines, written by ``generate --trace FILE``) has a header line, then one
-line per FFN step of the run: the experts each token was routed to, the store requests of the
-step, the predictor's guesses and the prefetches issued. This module reads and checks the file,
-and the Rust core (``mer_core::store::replay``) replays the steps without reading or computing
-anything. With the traced run's slot count and policy and prefetch off, the replay counts the
+A routing trace is a JSON Lines file written by ``generate --trace FILE``. After a header line,
+each line is one FFN step of the run: the experts each token was routed to, the store requests
+of the step, the predictor's guesses and the prefetches issued. This module reads and checks
+the file, and the Rust core (``mer_core::store::replay``) replays the steps without reading or
+computing anything. With the traced run's slot count and policy and prefetch off, the replay counts the
 same hits and misses as the live run.
 
 The replay assumes that every read, and so every prefetch, completes the moment it is issued,
 before the next request. Its prefetch figures are therefore an upper bound on what the live
 store gets from the same guesses. With prefetch on, each step prefetches every guess it made
-(top-k plus margin), where the live store's governor may prefetch fewer or none.
+(top-k plus margin), where the live store's governor may prefetch fewer or none. Bytes read are
+reads times the header's ``expert_bytes``, the expert's bytes in the file, while the live store
+reads each range rounded out to 4096-byte boundaries, so its byte counts are a little higher.
 """
 
 from __future__ import annotations
