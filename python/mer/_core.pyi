@@ -75,3 +75,28 @@ def kernel_dot(
 
 def kernel_sets() -> list[str]:
     """Test support: the kernel sets this CPU runs, "scalar" first, then "avx2" if available."""
+
+def replay_trace(
+    n_layer: int,
+    n_expert: int,
+    n_expert_used: int,
+    expert_bytes: int,
+    steps: list[
+        tuple[
+            int, int, str, int, list[list[int]], list[list[int]], list[tuple[int, list[int]]], list[tuple[int, int]]
+        ]
+    ],
+    *,
+    slots: int,
+    policy: str,
+    prefetch: bool,
+) -> dict[str, Any]:
+    """Replay routing-trace steps through a fresh slot table, with every read completing at once.
+
+    Each step is (line, batch, phase, layer, routed, groups, predicted, prefetched): phase is
+    "prompt" or "decode", predicted a list of (target layer, experts most likely first) and
+    prefetched the (layer, expert) pairs the traced run prefetched. policy is "per-layer-lru"
+    or "lru". Returns slots, policy, prefetch, steps, prompt and decode (hits, misses, reads,
+    bytes_read), prefetch_issued, prefetch_used, prefetch_hits, prefetch_wasted_bytes,
+    precision, recall, recall_per_layer, routed, predicted_routed and recorded_prefetches.
+    Raises ValueError naming the line of an invalid step."""

@@ -1,4 +1,4 @@
-"""Command-line interface: `python -m mer generate | info | pull`.
+"""Command-line interface: `python -m mer generate | info | pull | synth | replay`.
 
 Generated text goes to stdout as it is produced. Logs, progress and errors go to stderr.
 """
@@ -103,8 +103,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_synth_arguments(synth)
     _add_verbosity(synth)
+    _add_replay_parser(commands)
     _add_verbosity(parser, top_level=True)
     return parser
+
+
+REPLAY_EPILOG = """\
+The replay has no clock: every read completes the moment it is issued, so a prefetch always
+arrives before its layer needs it. Prefetch figures are therefore an upper bound on what a live
+run gets from the same guesses. With --prefetch on, each step prefetches every guess it recorded
+(the top experts plus the margin), where a live run's governor may prefetch fewer.
+
+A slot is the RAM for one expert, with each of its three byte ranges rounded out to 4096-byte
+boundaries for O_DIRECT reads, so a slot is a little larger than the expert. With --ram-budget,
+the slot count is the budget divided by the trace's slot_bytes, or by expert_bytes in a trace
+without slot_bytes (which can give more slots than a live run with that budget had). Bytes read
+are reads times expert_bytes, the expert's bytes in the file, where a live run reads the 4096-byte
+aligned ranges, a little more.
+"""
+
+
+def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
+    from .replay import POLICIES
+
+    replay = commands.add_parser(
+        "replay", help="replay a routing trace through the cache policies and the prefetcher",
+        description="Replay a routing trace, written by `generate --trace FILE`, through the slot pool, an "
+                    "eviction policy and the prefetcher, without reading or computing anything. Prints the hit "
+                    "rate, misses, bytes read, prefetch precision and predictor recall. With the traced run's "
+                    "settings (the defaults) and prefetch off, hits and misses equal the live run's.",
+        epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("trace", metavar="FILE", help="the routing trace (JSON Lines)")
+    size = replay.add_mutually_exclusive_group()
+    size.add_argument("--slots", type=_positive_int, default=None, metavar="N",
+                      help="slots in the pool (default: the traced run's slot count)")
+    size.add_argument("--ram-budget", type=_byte_size, default=None, metavar="SIZE",
+                      help="RAM for slots, such as 64M or 8G (binary units). The slot count is SIZE divided by "
+                           "the slot size")
+    replay.add_argument("--policy", choices=POLICIES, default=None,
+                        help="eviction policy: per-layer-lru gives each layer an equal share of the slots, lru "
+                             "evicts the least recently used slot of any layer (default: the traced run's)")
+    replay.add_argument("--prefetch", choices=["on", "off"], default=None,
+                        help="prefetch each step's guesses for later layers (default: the traced run's setting)")
+    replay.add_argument("--json", action="store_true",
+                        help="print one JSON object with every count, including recall per layer (which the text "
+                             "output shows with -v)")
+    _add_verbosity(replay)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
@@ -159,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .synth import run_synth
 
             return run_synth(args)
+        if args.command == "replay":
+            return _replay(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -261,6 +308,42 @@ def _pull(args: argparse.Namespace) -> int:
     from .default_model import pull
 
     print(pull(force=args.force, verify=True))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import replay_trace
+
+    prefetch = None if args.prefetch is None else args.prefetch == "on"
+    result = replay_trace(args.trace, slots=args.slots, ram_budget=args.ram_budget, policy=args.policy, prefetch=prefetch)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+
+    print(f"trace     {result['trace']}: {result['model']}, {result['n_layer']} layers, "
+          f"{result['n_expert']} experts per layer, {result['n_expert_used']} used per token")
+    print(f"replay    {result['steps']} steps, {result['slots']} slots of {_format_bytes(result['slot_bytes'])}, "
+          f"{result['policy']}, prefetch {'on' if result['prefetch'] else 'off'}")
+    print(f"{'phase':<8}  {'hits':>10}  {'misses':>10}  {'hit rate':>8}  {'reads':>10}  bytes read")
+    for phase in ("prompt", "decode", "total"):
+        counts = result[phase]
+        print(f"{phase:<8}  {counts['hits']:>10,}  {counts['misses']:>10,}  {counts['hit_rate']:>8.3f}  "
+              f"{counts['reads']:>10,}  {_format_bytes(counts['bytes_read'])}")
+    recorded = f"the traced run issued {result['recorded_prefetches']:,}"
+    if result["prefetch"]:
+        print(f"prefetch  {result['prefetch_issued']:,} issued, {result['prefetch_used']:,} used, precision "
+              f"{result['precision']:.3f}, {_format_bytes(result['prefetch_wasted_bytes'])} wasted ({recorded})")
+    else:
+        print(f"prefetch  off ({recorded})")
+    routed, predicted = sum(result["routed"]), sum(result["predicted_routed"])
+    if routed == 0:
+        print("recall    no guesses in the trace")
+        return 0
+    print(f"recall    {result['recall']:.3f} ({predicted:,} of {routed:,} routed experts with a guess were guessed)")
+    if args.verbose:
+        for layer, (layer_routed, layer_predicted) in enumerate(zip(result["routed"], result["predicted_routed"])):
+            if layer_routed:
+                print(f"  layer {layer:<3} {layer_predicted / layer_routed:.3f} ({layer_predicted:,} of {layer_routed:,})")
     return 0
 
 

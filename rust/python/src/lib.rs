@@ -4,6 +4,7 @@
 //! maps its errors to the exception classes of `mer.errors`.
 
 mod kernel_probe;
+mod replay;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -473,6 +474,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(describe_model, m)?)?;
     kernel_probe::register(m)?;
+    replay::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

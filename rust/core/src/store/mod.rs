@@ -10,6 +10,7 @@ pub mod io;
 pub mod policy;
 pub mod predictor;
 pub mod prefetch;
+pub mod replay;
 pub mod slots;
 pub mod stats;
 pub mod streaming;
