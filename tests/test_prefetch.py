@@ -73,8 +73,12 @@ def test_governor_stops_prefetch_when_guesses_are_wrong(routed_split, text_ids, 
     assert stats["predictor"] == "next-layer-gate-inverted"
     assert stats["governor_state"].startswith("off")
     assert stats["governor_top_k_precision"] < 0.25
-    # The governor reacts within the first token, so few prefetches were issued at all.
-    assert stats["prefetch_issued"] < 2 * model.config["n_layer"]
+    # The governor reacts within the first token: at most its layers' guesses were issued,
+    # and nothing after.
+    assert stats["prefetch_issued"] <= 3 * model.config["n_layer"]
+    for token in text_ids[:8]:
+        model._core.eval([token], phase="decode")
+    assert model.stats()["prefetch_issued"] == stats["prefetch_issued"]
 
 
 def test_right_guesses_keep_prefetch_on(routed_split, text_ids):
