@@ -3,6 +3,8 @@
 //! This crate only converts arguments, releases the GIL around long calls, calls the core and
 //! maps its errors to the exception classes of `mer.errors`.
 
+mod bench;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
@@ -416,6 +418,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_gguf, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(describe_model, m)?)?;
+    bench::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
