@@ -8,6 +8,11 @@ the kernel's own speed. The ratio divides a kernel's GB/s by the memory bandwidt
 threads. Near 1 for a from-RAM matrix, the kernel keeps up with RAM. For a cache-resident one,
 it shows how far the kernel could outrun RAM. GB is 10^9 bytes.
 
+NOTE: a cache-resident product takes tens of microseconds, so its figure includes handing the
+work to the rayon pool, as every matrix of a forward pass does. On a 2-core VM the 1-thread
+median came out at a fifth of the best while the 2-thread one stayed close. Waking pool threads
+that went to sleep between products is the likely cause, but it was not traced.
+
 Run apart from the tests, from the repository root (-s shows the figures as they come):
 
     python -m pytest benches/bench_kernels.py --benchmark-only -s
