@@ -100,3 +100,16 @@ def replay_trace(
     bytes_read), prefetch_issued, prefetch_used, prefetch_hits, prefetch_wasted_bytes,
     precision, recall, recall_per_layer, routed, predicted_routed and recorded_prefetches.
     Raises ValueError naming the line of an invalid step."""
+
+def memory_read_bandwidth(bytes: int = 1 << 30, threads: int = 1) -> float:
+    """Measure how fast `threads` threads read a buffer of `bytes` bytes, in bytes/s: the fastest
+    of 5 passes after one untimed pass. The default of 1 GiB is meant to exceed the last-level
+    cache."""
+
+def matvec_throughput(
+    ggml_type: str, rows: int, cols: int, threads: int = 1, min_seconds: float = 1.0
+) -> dict[str, Any]:
+    """Time the matrix-vector product on a random rows x cols matrix of ggml_type ("q4_0",
+    "q4_1", "q8_0", "f16" or "f32") for at least min_seconds. Returns ggml_type, rows, cols,
+    threads, matrix_bytes, kernels, products, best_s, median_s, best_bytes_per_s and
+    median_bytes_per_s (bytes of weights read per second)."""

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use mer_core::bench::{random_matrix, Lcg};
 use mer_core::quant::{Activation, GgmlType, Kernels, MatRef};
 
 /// Minimum time spent timing one kernel set on one type.
@@ -51,45 +52,6 @@ fn parse_options() -> Result<Options, String> {
         return Err("rows and threads must be positive, and cols a positive multiple of 32".to_string());
     }
     Ok(options)
-}
-
-/// A 64-bit LCG: deterministic random bytes without an extra crate.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next_u32(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 32) as u32
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-    }
-}
-
-fn half(v: f32) -> [u8; 2] {
-    half::f16::from_f32(v).to_le_bytes()
-}
-
-/// Random weights for a `rows` x `cols` matrix of `ggml_type`, with finite, ordinary scales.
-fn random_matrix(rng: &mut Lcg, ggml_type: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let bytes = rows * ggml_type.row_bytes(cols as u64).expect("cols is a multiple of 32") as usize;
-    if ggml_type == GgmlType::F16 {
-        return (0..rows * cols).flat_map(|_| half(rng.unit())).collect();
-    }
-    if ggml_type == GgmlType::F32 {
-        return (0..rows * cols).flat_map(|_| rng.unit().to_le_bytes()).collect();
-    }
-
-    let mut data: Vec<u8> = (0..bytes).map(|_| rng.next_u32() as u8).collect();
-    let scale_bytes = if ggml_type == GgmlType::Q4_1 { 4 } else { 2 };
-    for block in data.chunks_exact_mut(ggml_type.block_bytes() as usize) {
-        for scale in block[..scale_bytes].chunks_exact_mut(2) {
-            scale.copy_from_slice(&half(rng.unit() * 0.02));
-        }
-    }
-    data
 }
 
 /// Runs `matrix * x` with `kernels` for at least `MEASURE_TIME`, and returns the median time of
@@ -132,7 +94,13 @@ fn main() {
     let mut rng = Lcg(42);
     let x = Activation::new((0..options.cols).map(|_| rng.unit()).collect());
     for &ggml_type in &options.types {
-        let data = random_matrix(&mut rng, ggml_type, options.rows, options.cols);
+        let data = match random_matrix(ggml_type, options.rows, options.cols, 42) {
+            Ok(data) => data,
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            }
+        };
         let matrix = MatRef::new(ggml_type, options.rows, options.cols, &data);
 
         let mut scalar: Option<(Duration, Vec<f32>)> = None;

@@ -6,6 +6,7 @@
 //! crate wraps it.
 
 pub mod aligned;
+pub mod bench;
 pub mod error;
 pub mod gguf;
 pub mod model;
