@@ -5,7 +5,9 @@ The script needs only the standard library and llama_cpp. It reads one JSON requ
 stdin and writes one JSON response per line on stdout:
 
 * {"op": "load", "path": P, "threads": T, "n_ctx": C, "n_batch": B} opens the model and returns
-  {"llama_cpp_version": V}.
+  {"llama_cpp_version": V}. An optional "repack": false turns off llama.cpp's repacking of
+  weights into its own buffers, which copies the whole model into RAM and so fails when the
+  model is larger than RAM.
 * {"op": "decode", "ids": [...], "prompt_tokens": N} evaluates the first N ids on an empty
   context, then the rest one token at a time, and returns {"seconds": S} for the rest.
 * {"op": "prefill", "ids": [...]} evaluates the ids in one eval call on an empty context and
@@ -23,7 +25,18 @@ import time
 
 def open_model(request: dict):
     import llama_cpp
+    import llama_cpp.llama_cpp as low_level
 
+    if not request.get("repack", True):
+        # Llama() reads its defaults from this function and has no argument for repacking.
+        defaults = low_level.llama_model_default_params
+
+        def without_repack():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low_level.llama_model_default_params = without_repack
     threads = request["threads"]
     llm = llama_cpp.Llama(
         model_path=request["path"],
