@@ -72,6 +72,7 @@ def test_governor_stops_prefetch_when_guesses_are_wrong(routed_split, text_ids, 
     stats = model.stats()
     assert stats["predictor"] == "next-layer-gate-inverted"
     assert stats["governor_state"].startswith("off")
+    assert stats["governor_guesses"] == "off"
     assert stats["governor_top_k_precision"] < 0.25
     # The governor reacts within the first token: at most its layers' guesses were issued,
     # and nothing after.
@@ -86,7 +87,11 @@ def test_right_guesses_keep_prefetch_on(routed_split, text_ids):
     decode_logits(model, text_ids)
     stats = model.stats()
     assert stats["predictor"] == "next-layer-gate"
-    assert not stats["governor_state"].startswith("off (")
+    # Good guesses keep the precision governor on. (Whether the timed trials keep prefetching
+    # depends on the machine's load, so it is not checked here.)
+    assert stats["governor_top_k_precision"] >= 0.5
+    assert stats["governor_guesses"] in ("wide", "narrow")
+    assert stats["governor_trial"] in ("measuring with prefetch", "measuring without prefetch", "kept on", "kept off")
     assert stats["predictor_recall"] > 0.5
     assert 0 < stats["prefetch_used"] <= stats["prefetch_issued"]
     assert len(stats["predictor_recall_per_layer"]) == model.config["n_layer"]

@@ -448,6 +448,14 @@ impl CoreModel {
             Trial::Settled { prefetch: false } => format!("off (measured slower; guesses {})", governor.state),
         };
         out.set_item("governor_state", state)?;
+        out.set_item("governor_guesses", governor.state.to_string())?;
+        let trial = match trials.trial {
+            Trial::WithPrefetch => "measuring with prefetch",
+            Trial::WithoutPrefetch { .. } => "measuring without prefetch",
+            Trial::Settled { prefetch: true } => "kept on",
+            Trial::Settled { prefetch: false } => "kept off",
+        };
+        out.set_item("governor_trial", trial)?;
         out.set_item("governor_top_k_precision", governor.top_k_precision)?;
         out.set_item("governor_margin_precision", governor.margin_precision)?;
         let per_token = if s.decode_tokens > 0 { decode.io_wait_s / s.decode_tokens as f64 } else { 0.0 };
