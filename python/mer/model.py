@@ -277,12 +277,17 @@ def _log_summary(stats: dict[str, Any], stop_reason: str | None) -> None:
         "on" if stats["prefetch"] else "off", stats["governor_state"], stats["prefetch_issued"], stats["prefetch_used"],
         stats["prefetch_hits"], stats["prefetch_precision"], stats["prefetch_wasted_bytes"] / MIB,
         stats["predictor_recall"], stats["io_backend"], stats["slots"], stats["slot_bytes"] / MIB,
-        "none (every expert has a slot)" if budget is None else f"{budget / 2**30:.2f} GiB",
+        "none (every expert has a slot)" if budget is None else _format_bytes(budget),
         stats["resident_bytes"] / MIB, stats["kv_cache_bytes"] / MIB, stats["peak_rss_bytes"] / MIB, stats["threads"],
     )
 
 
 MIB = 1 << 20
+
+
+def _format_bytes(n: int) -> str:
+    """Format a byte count in GiB from 1 GiB up, else in MiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 1 << 30 else f"{n / MIB:.1f} MiB"
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -50,8 +50,9 @@ impl Model {
         let groups: Vec<&[usize]> = used.chunks(c.experts_used()).collect();
 
         // Guesses and prefetches are made one token at a time, so only while generating.
-        let plan = if n == 1 { self.prefetcher.step(store, layer, x, &routed[0]) } else { StepPlan::default() };
-        if n == 1 && self.prefetcher.options().enabled {
+        let generating = n == 1 && phase == Phase::Decode;
+        let plan = if generating { self.prefetcher.step(store, layer, x, &routed[0]) } else { StepPlan::default() };
+        if generating && self.prefetcher.options().enabled {
             store.cancel_prefetches(layer..=layer + self.prefetcher.options().lookahead);
         }
 
