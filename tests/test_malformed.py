@@ -913,6 +913,15 @@ def test_context_full_then_fresh_call(small_context_model):
     np.testing.assert_array_equal(model.logits(IDS), first)
 
 
+def test_context_full_runs_nothing(small_context_model):
+    """A call whose tokens cannot all fit is rejected before any of them runs."""
+    core = small_context_model._core
+    core.eval(IDS[:5], reset=True)
+    with pytest.raises(ContextFullError):
+        core.eval(IDS[:5])
+    assert core.n_past == 5
+
+
 def test_generate_prompt_over_context(small_context_model):
     model = small_context_model
     first = model.logits(IDS)

@@ -70,3 +70,26 @@ def test_simd_and_scalar_kernels_agree_exactly(smollm2_file, tmp_path, kind):
         subprocess.run([sys.executable, "-c", SCALAR_SCRIPT, str(path), ids, str(out)], env=env, check=True, timeout=300)
         outputs[mode] = np.load(out)
     assert np.array_equal(outputs["simd"], outputs["scalar"])
+
+
+def test_stats_and_context_queries_during_eval_do_not_hang(smollm2):
+    """stats(), n_past and reset() wait for an eval in another thread without holding the GIL,
+    which that eval needs between batches."""
+    import threading
+
+    core = smollm2._core
+    ids = (TEXT_IDS * 40)[:400]
+    worker = threading.Thread(target=lambda: core.eval(ids, reset=True))
+    worker.start()
+    results = {}
+
+    def query() -> None:
+        results["stats"] = core.stats()
+        results["n_past"] = core.n_past
+
+    querier = threading.Thread(target=query, daemon=True)
+    querier.start()
+    querier.join(timeout=120)
+    worker.join(timeout=120)
+    assert not querier.is_alive(), "stats() or n_past hung while another thread evaluated"
+    assert results["n_past"] in (0, 64, 128, 192, 256, 320, 384, 400)

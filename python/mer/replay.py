@@ -72,7 +72,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     path = Path(path)
     header: dict[str, Any] | None = None
     steps: list[tuple] = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8", errors="surrogateescape") as lines:
         for number, text in enumerate(lines, start=1):
             if not text.strip():
                 continue
@@ -131,6 +131,8 @@ def replay_trace(
         slots = header["slots"]
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 0:
         raise ValueError(f"slots must be an integer >= 0, got {slots!r}")
+    # As in the live store, more slots than experts would stay empty.
+    slots = min(slots, header["n_layer"] * header["n_expert"])
     policy = header["policy"] if policy is None else policy
     prefetch = header["prefetch"] if prefetch is None else prefetch
 
@@ -187,7 +189,15 @@ def _check_header(value: Any) -> dict[str, Any]:
             raise _LineError(f"header field {name!r} must be a {kind.__name__}, not {field!r}")
     if "slot_bytes" in value:
         _require_count("header field 'slot_bytes'", value["slot_bytes"])
+    # The replay allocates per layer and per expert, and sums bytes in 64-bit integers, so
+    # shapes far beyond any real model are rejected rather than attempted.
+    for name, limit in _HEADER_LIMITS.items():
+        if value[name] > limit:
+            raise _LineError(f"header field {name!r} is {value[name]}, more than the {limit} a replay accepts")
     return value
+
+
+_HEADER_LIMITS = {"n_layer": 1 << 16, "n_expert": 1 << 16, "n_expert_used": 1 << 16, "expert_bytes": 1 << 44}
 
 
 def _check_step(number: int, value: Any) -> tuple:
@@ -208,7 +218,7 @@ def _check_step(number: int, value: Any) -> tuple:
         raise _LineError(f"predicted must be an object of layer to experts, not {predicted_by_layer!r}")
     predicted = []
     for key, experts in predicted_by_layer.items():
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):
             raise _LineError(f"predicted has key {key!r}: keys must be layer numbers")
         predicted.append((int(key), _expert_list(f"predicted[{key!r}]", experts)))
 

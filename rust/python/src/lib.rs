@@ -208,6 +208,21 @@ struct CoreModel {
     kv: Mutex<KvCache>,
 }
 
+impl CoreModel {
+    /// Locks the context. It waits without holding the GIL, so that a thread inside `eval`,
+    /// which needs the GIL back between batches, can finish. (A guard cannot cross `detach`,
+    /// so this polls with short sleeps instead of blocking.)
+    fn lock_kv(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, KvCache> {
+        loop {
+            match self.kv.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| std::thread::sleep(std::time::Duration::from_millis(1))),
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl CoreModel {
     /// Opens the GGUF model at `path`, using `threads` compute threads (default: physical
@@ -306,17 +321,20 @@ impl CoreModel {
             other => return Err(PyValueError::new_err(format!("phase must be \"prompt\" or \"decode\", not {other:?}"))),
         };
 
-        // Wait for the context without holding the GIL, so a thread using it can finish. (A
-        // guard cannot cross `detach`, so poll with short sleeps instead of blocking.)
-        let mut kv = loop {
-            match self.kv.try_lock() {
-                Ok(guard) => break guard,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => py.detach(|| std::thread::sleep(std::time::Duration::from_millis(1))),
-            }
-        };
+        let mut kv = self.lock_kv(py);
         if reset {
             kv.clear();
+        }
+        // Check the whole call before running any of it, so that a prompt that cannot fit
+        // costs nothing and leaves the context as it was.
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(PyValueError::new_err(format!(
+                "token id {token} is out of range: the vocabulary has {n_vocab} tokens (ids 0 to {})",
+                n_vocab - 1
+            )));
+        }
+        if kv.len() + tokens.len() > kv.capacity() {
+            return Err(to_py_err(py, Error::ContextFull { n_ctx: kv.capacity() }));
         }
         if let Some(expected) = expect_n_past {
             if kv.len() != expected {
@@ -353,14 +371,14 @@ impl CoreModel {
     }
 
     /// Empties the context, so the next `eval` starts at position 0.
-    fn reset(&self) {
-        self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    fn reset(&self, py: Python<'_>) {
+        self.lock_kv(py).clear();
     }
 
     /// Tokens in the context.
     #[getter]
-    fn n_past(&self) -> usize {
-        self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    fn n_past(&self, py: Python<'_>) -> usize {
+        self.lock_kv(py).len()
     }
 
     /// Resets the run statistics.
@@ -387,7 +405,7 @@ impl CoreModel {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.model.stats();
         let store = self.model.store_report();
-        let kv_bytes = self.kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).n_bytes();
+        let kv_bytes = self.lock_kv(py).n_bytes();
         let (prompt, decode) = (&store.stats.prompt, &store.stats.decode);
         let out = PyDict::new(py);
         out.set_item("threads", self.model.threads())?;
@@ -439,7 +457,9 @@ impl CoreModel {
         out.set_item("prefetch_wasted_bytes", prefetch.wasted_bytes)?;
         out.set_item("prefetch_precision", prefetch.precision())?;
         out.set_item("predictor_recall", prefetch.recall())?;
-        out.set_item("predictor_recall_per_layer", prefetch.recall_per_layer())?;
+        let mut recall_per_layer = prefetch.recall_per_layer();
+        recall_per_layer.resize(self.model.config.n_layer, 0.0);
+        out.set_item("predictor_recall_per_layer", recall_per_layer)?;
         let state = match trials.trial {
             _ if !options.enabled => "disabled".to_string(),
             Trial::WithPrefetch => format!("{} (measuring with prefetch)", governor.state),

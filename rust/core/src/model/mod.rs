@@ -109,6 +109,12 @@ impl Model {
         let prefetcher = Prefetcher::new(Box::new(predictor), options.prefetch, config.n_layer, config.experts_used());
         let trace = match &options.trace {
             Some(path) => {
+                if same_file(path, &gguf.path) {
+                    return Err(Error::InvalidArgument(format!(
+                        "the routing trace {} is the model file itself; writing it would destroy the model",
+                        path.display()
+                    )));
+                }
                 let report = store.report();
                 let model_name = gguf.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
                 let header = TraceHeader {
@@ -185,7 +191,10 @@ impl Model {
             }
             Ok(out)
         });
-        self.stats.lock().unwrap().record(phase, n, start.elapsed());
+        // A failed call counts nothing: its tokens did not all run.
+        if result.is_ok() {
+            self.stats.lock().unwrap().record(phase, n, start.elapsed());
+        }
         if let Some(trace) = &self.trace {
             trace.flush()?;
         }
@@ -231,6 +240,15 @@ impl Model {
     /// Bytes of RAM the expert store holds.
     pub fn expert_ram_bytes(&self) -> u64 {
         self.store.expert_ram_bytes()
+    }
+}
+
+/// Returns whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

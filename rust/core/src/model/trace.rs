@@ -3,8 +3,9 @@
 //! reads it back to compare cache policies and predictors without computing.
 //!
 //! The file is JSON Lines: a header object, then one object per layer of each batch, in the
-//! order the forward pass ran them. Lines are flushed after each batch, so a trace of an
-//! interrupted run is complete up to its last batch.
+//! order the forward pass ran them. Lines are flushed at the end of each `eval` call. A run
+//! that fails or is killed part-way can leave the last batch incomplete, or its last line cut
+//! off when the disk is full.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

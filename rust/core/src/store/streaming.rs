@@ -367,7 +367,9 @@ impl ExpertStore for StreamingStore {
     }
 
     fn reset_stats(&self) {
-        self.shared.state.lock().unwrap().stats = StoreStats::default();
+        let mut state = self.shared.state.lock().unwrap();
+        state.stats = StoreStats::default();
+        state.table.forget_prefetches();
     }
 
     fn prefetch(&self, experts: &[ExpertId]) -> Vec<ExpertId> {

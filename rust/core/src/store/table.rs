@@ -159,6 +159,14 @@ impl SlotTable {
         true
     }
 
+    /// Forgets which slots hold prefetches not used yet, so that counts started afresh do not
+    /// include uses of earlier prefetches.
+    pub fn forget_prefetches(&mut self) {
+        for slot in &mut self.slots {
+            slot.prefetched = false;
+        }
+    }
+
     /// Releases one pin of `index`. A failed slot empties when its last pin goes.
     pub fn unpin(&mut self, index: usize) {
         let slot = &mut self.slots[index];
