@@ -59,15 +59,14 @@ impl Model {
         let mut out = vec![0.0f32; c.n_embd * n];
         let mut prefetched = Vec::new();
         for (g, group) in groups.iter().enumerate() {
-            store.with_experts(layer, group, &mut |weights| {
-                // Start the prefetches once this layer's first experts are pinned, so that no
-                // prefetch can evict them.
-                if g == 0 && !plan.prefetch.is_empty() {
-                    prefetched = store.prefetch(&plan.prefetch);
-                }
+            // The store starts the prefetches once this layer's first experts are pinned, so
+            // that no prefetch can evict them, and before waiting for their reads.
+            let prefetch = if g == 0 { &plan.prefetch[..] } else { &[] };
+            let started = store.with_experts(layer, group, prefetch, &mut |weights| {
                 run_experts(group, weights, &routes, xn, &mut out);
                 Ok(())
             })?;
+            prefetched.extend(started);
         }
 
         if let Some(trace) = &self.trace {

@@ -67,13 +67,17 @@ pub struct ExpertWeights<'a> {
 /// Access to expert weights for the forward pass.
 pub trait ExpertStore: Send + Sync {
     /// Calls `f` with the weights of `experts` of `layer`, in the order given. The experts stay
-    /// available until `f` returns.
+    /// available until `f` returns. Once `experts` are pinned and their demand reads started,
+    /// and before waiting for those reads, starts `prefetch` as [`ExpertStore::prefetch`]
+    /// does, so that prefetches use the time the demand reads take and cannot evict the
+    /// experts requested here. Returns the experts whose prefetch reads started.
     fn with_experts(
         &self,
         layer: usize,
         experts: &[usize],
+        prefetch: &[ExpertId],
         f: &mut dyn FnMut(&[ExpertWeights<'_>]) -> Result<()>,
-    ) -> Result<()>;
+    ) -> Result<Vec<ExpertId>>;
 
     /// Bytes of RAM the store holds for expert weights.
     fn expert_ram_bytes(&self) -> u64;

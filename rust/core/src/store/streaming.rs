@@ -166,9 +166,10 @@ impl StreamingStore {
         }
     }
 
-    /// Pins a slot for each of `experts`, starting demand reads for the missing ones, and waits
-    /// until all are read. Returns the slot indices in the order of `experts`.
-    fn pin(&self, layer: usize, experts: &[usize]) -> Result<Vec<usize>> {
+    /// Pins a slot for each of `experts`, starting demand reads for the missing ones, then
+    /// starts `prefetch`, and waits until the pinned experts are read. Returns the slot
+    /// indices in the order of `experts`, and the experts whose prefetch reads started.
+    fn pin(&self, layer: usize, experts: &[usize], prefetch: &[ExpertId]) -> Result<(Vec<usize>, Vec<ExpertId>)> {
         let phase = self.phase();
         let mut pinned = Vec::with_capacity(experts.len());
         let mut reads = Vec::new();
@@ -225,6 +226,7 @@ impl StreamingStore {
         for (chunks, job) in submissions {
             self.backend.submit(chunks, job);
         }
+        let prefetched = if prefetch.is_empty() { Vec::new() } else { self.prefetch(prefetch) };
 
         let wait_start = Instant::now();
         let mut state = self.shared.state.lock().unwrap();
@@ -241,7 +243,7 @@ impl StreamingStore {
             self.unpin(&pinned);
             return Err(Error::ExpertRead { path: self.path.clone(), message });
         }
-        Ok(pinned)
+        Ok((pinned, prefetched))
     }
 
     /// Prepares the read of `id` into slot `index`: its chunks, and the job whose completion
@@ -324,13 +326,15 @@ impl ExpertStore for StreamingStore {
         &self,
         layer: usize,
         experts: &[usize],
+        prefetch: &[ExpertId],
         f: &mut dyn FnMut(&[ExpertWeights<'_>]) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Vec<ExpertId>> {
         let in_layer = self.ranges.get(layer).ok_or_else(|| Error::InvalidArgument(format!("layer {layer} does not exist")))?;
         if let Some(&bad) = experts.iter().find(|&&e| e >= in_layer.len()) {
             return Err(Error::InvalidArgument(format!("expert {bad} of layer {layer} does not exist")));
         }
-        let guard = PinGuard { store: self, pinned: self.pin(layer, experts)? };
+        let (pinned, prefetched) = self.pin(layer, experts, prefetch)?;
+        let guard = PinGuard { store: self, pinned };
 
         let mut weights = Vec::with_capacity(experts.len());
         for (&expert, &index) in experts.iter().zip(&guard.pinned) {
@@ -342,7 +346,8 @@ impl ExpertStore for StreamingStore {
             };
             weights.push(ExpertWeights { gate: mat(&ranges.gate, gate), up: mat(&ranges.up, up), down: mat(&ranges.down, down) });
         }
-        f(&weights)
+        f(&weights)?;
+        Ok(prefetched)
     }
 
     fn expert_ram_bytes(&self) -> u64 {
@@ -475,7 +480,7 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     store
-                        .with_experts(0, &[2], &mut |w| {
+                        .with_experts(0, &[2], &[], &mut |w| {
                             assert_eq!(first_value(&w[0]), 2.0);
                             Ok(())
                         })
@@ -498,7 +503,7 @@ mod tests {
             for round in 0..3 {
                 for e in 0..6 {
                     store
-                        .with_experts(0, &[e], &mut |w| {
+                        .with_experts(0, &[e], &[], &mut |w| {
                             assert_eq!(first_value(&w[0]), e as f32, "round {round}");
                             Ok(())
                         })
@@ -524,12 +529,12 @@ mod tests {
         let (path, ranges) = expert_file("shrink", 4);
         let store = StreamingStore::open(&path, ranges, 1, &StoreOptions::default()).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 * 3 * 4096).unwrap();
-        let error = store.with_experts(0, &[3], &mut |_| Ok(())).err().expect("the read must fail");
+        let error = store.with_experts(0, &[3], &[], &mut |_| Ok(())).err().expect("the read must fail");
         let message = error.to_string();
         assert!(message.contains("expert 3 of layer 0"), "{message}");
         assert!(message.contains("offset 36864"), "{message}");
         // The expert before the cut still reads.
-        store.with_experts(0, &[2], &mut |w| {
+        store.with_experts(0, &[2], &[], &mut |w| {
             assert_eq!(first_value(&w[0]), 2.0);
             Ok(())
         })
@@ -545,7 +550,7 @@ mod tests {
             let options = StoreOptions { backend, ram_budget: Some(3 * 3 * 4096), ..StoreOptions::default() };
             let store = StreamingStore::open(&path, ranges.clone(), 2, &options).unwrap();
             store
-                .with_experts(0, &[0, 1], &mut |w| {
+                .with_experts(0, &[0, 1], &[], &mut |w| {
                     let wanted: Vec<ExpertId> = (2..8).map(|expert| ExpertId { layer: 0, expert }).collect();
                     assert!(store.prefetch(&wanted).is_empty(), "a prefetch took the last free slot");
                     assert_eq!(first_value(&w[0]), 0.0);
@@ -558,7 +563,7 @@ mod tests {
             assert!(!issued.is_empty());
             for e in 0..8 {
                 store
-                    .with_experts(0, &[e, (e + 3) % 8], &mut |w| {
+                    .with_experts(0, &[e, (e + 3) % 8], &[], &mut |w| {
                         assert_eq!(first_value(&w[0]), e as f32);
                         assert_eq!(first_value(&w[1]), ((e + 3) % 8) as f32);
                         Ok(())
@@ -580,7 +585,7 @@ mod tests {
             store.prefetch(&wanted);
             for e in [(round + 5) % 8, (round + 7) % 8] {
                 store
-                    .with_experts(0, &[e], &mut |w| {
+                    .with_experts(0, &[e], &[], &mut |w| {
                         assert_eq!(first_value(&w[0]), e as f32);
                         Ok(())
                     })
