@@ -138,15 +138,28 @@ def test_stats_count_decode_apart_from_prompt(smollm2_file):
 
 
 def test_stats_under_budget_count_misses(smollm2_file):
-    model = mer.Model(smollm2_file, threads=2, ram_budget=minimum_budget(smollm2_file))
+    model = mer.Model(smollm2_file, threads=2, ram_budget=minimum_budget(smollm2_file), prefetch=False)
     list(model.generate("The capital of France is", max_tokens=3, temperature=0))
     stats = model.stats()
-    # Two slots for 30 dense layers: every decode access misses and reads its expert.
+    # Two slots for 30 dense layers: without prefetching, every decode access misses and reads
+    # its expert.
     assert stats["hits"] == 0
     assert stats["misses"] == 2 * 30
     assert stats["bytes_read"] >= 2 * 30 * stats["expert_bytes"] // 30
     assert 0.0 < stats["io_share"] < 1.0
     assert stats["read_latency_us"]["p50"] > 0
+
+
+def test_prefetch_at_minimum_budget_reads_next_dense_layer(smollm2_file):
+    """A dense layer's FFN is always used, so the next layer's guess is always right, and the
+    second slot can hold it while the current layer computes."""
+    model = mer.Model(smollm2_file, threads=2, ram_budget=minimum_budget(smollm2_file))
+    list(model.generate("The capital of France is", max_tokens=3, temperature=0))
+    stats = model.stats()
+    assert stats["hits"] + stats["misses"] == 2 * 30
+    assert stats["prefetch_issued"] > 0
+    assert stats["prefetch_precision"] == 1.0
+    assert stats["predictor_recall"] == 1.0
 
 
 def test_peak_rss_within_budget(tmp_path):
