@@ -425,3 +425,14 @@ def test_llamacpp_json_rejects_invalid(tmp_path):
     path.write_text("{")
     with pytest.raises(ValueError, match="invalid JSON"):
         read_llamacpp_json(str(path))
+
+
+def test_bench_help_lists_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--text", "--tokens", "--prompt-tokens", "--ram-budget", "--sweep", "--io-backend", "--prefetch",
+                   "--threads", "--cold", "--json", "--plot", "--llamacpp-json"):
+        assert option in out, option
+    assert "1 / max((1 - h) * E / D, W / M)" in out

@@ -16,11 +16,12 @@ from .default_model import resolve_model_path
 from .model import parse_size
 
 BENCH_EPILOG = """\
-The bound is tokens/s <= 1 / max((1 - h) * E / D, W / M): h is the decode hit rate, E the expert
-bytes a token uses (layers x experts used per token x bytes per expert), D the read bandwidth of
-the model file, measured once per bench with up to 2 GiB of reads through the runs' I/O backend,
-W the resident weights plus E, and M the memory read bandwidth, measured with 512 MiB. W counts
-the whole resident set, the embedding table included, so it is an upper estimate.
+The bound is tokens/s <= 1 / max((1 - h) * E / D, W / M). h is the decode hit rate and E the
+expert bytes a token uses (layers x experts used per token x bytes per expert). D is the read
+bandwidth of the model file, measured once per bench with up to 2 GiB of reads through the runs'
+I/O backend. W is the resident weights plus E, and M the memory read bandwidth, measured with
+512 MiB. W counts the whole resident set, the embedding table included, so it is an upper
+estimate.
 
 --json prints one object. decode_tokens_per_s, prompt_tokens_per_s, hit_rate, io_share and
 bytes_read are the run's statistics, over decode tokens except for the prompt's speed.
@@ -29,8 +30,9 @@ bandwidths reached. disk_bandwidth_measured and memory_bandwidth_measured are D 
 --sweep, the fields that differ between budgets are in "runs", one object per budget.
 
 --llamacpp-json FILE is a JSON object of RAM budget to llama.cpp decode tokens/s at that
-budget, such as {"4G": 1.9, "8G": 3.2}, measured by you on the same model and text with the
-memory of llama.cpp limited to the budget plus its resident weights.
+budget, such as {"4G": 1.9, "8G": 3.2}. Measure them on the same model, text and threads, with
+the memory of llama.cpp limited to the budget plus the resident weights, for example in a cgroup
+with memory.max set. benches/compare_llamacpp.py does not limit memory.
 """
 
 
@@ -169,8 +171,7 @@ def format_run(report: dict[str, Any], run: dict[str, Any]) -> str:
         ("per token", f"experts {_size(run['expert_bytes_per_token'])}, weights {_size(run['bytes_per_token'])}: "
                       "the whole resident set, embedding table included, so an upper estimate"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return _align(rows)
 
 
 def format_sweep(report: dict[str, Any]) -> str:
@@ -178,15 +179,18 @@ def format_sweep(report: dict[str, Any]) -> str:
     runs = report["runs"]
     first = runs[0]
     with_llamacpp = any("llamacpp_tokens_per_s" in run for run in runs)
-    lines = [
-        f"model      {_describe_model(report)}",
-        f"run        {report['prompt_tokens']} prompt tokens, then {report['tokens']} decode tokens of "
-        f"{report['text']}; {_threads(first['threads'])}; {_describe_io(first)}",
-        f"bandwidth  disk {_rate(report['disk_bandwidth_measured'])} through {report['disk_bandwidth_backend']}, "
-        f"memory {_rate(report['memory_bandwidth_measured'])}; bound = 1 / max((1 - h) E / D, W / M), "
-        "W an upper estimate",
-        "",
+    rows = [
+        ("model", _describe_model(report)),
+        ("text", f"{report['text']}; {report['text_tokens']} tokens"),
+        ("run", f"{report['prompt_tokens']} prompt tokens, then {report['tokens']} decode tokens one at a time; "
+                f"{_threads(first['threads'])}, {first['kernels']} kernels"),
+        ("I/O", _describe_io(first)),
+        ("bandwidth", f"disk {_rate(report['disk_bandwidth_measured'])} through "
+                      f"{report['disk_bandwidth_backend']}, memory {_rate(report['memory_bandwidth_measured'])}"),
+        ("bound", "1 / max((1 - h) E / D, W / M). W counts the whole resident set plus E, so it is an "
+                  "upper estimate"),
     ]
+    lines = _align(rows).splitlines() + [""]
     header = (f"{'RAM budget':>12} {'decode t/s':>10} {'bound t/s':>10} {'fraction':>8} {'hit rate':>8} "
               f"{'I/O share':>9} {'disk MB/s':>9} {'peak RSS':>10}")
     if with_llamacpp:
@@ -198,9 +202,14 @@ def format_sweep(report: dict[str, Any]) -> str:
                 f"{run['io_share']:>9.3f} {run['disk_bytes_per_s'] / 1e6:>9.1f} {_size(run['peak_rss_bytes']):>10}")
         if with_llamacpp:
             figure = run.get("llamacpp_tokens_per_s")
-            line += f" {'':>13}" if figure is None else f" {figure:>13.2f}"
+            line += "" if figure is None else f" {figure:>13.2f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _align(rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def _describe_model(report: dict[str, Any]) -> str:

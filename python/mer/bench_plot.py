@@ -54,7 +54,8 @@ def plot_sweep(report: dict[str, Any], out: str, llamacpp: dict[int, float]) -> 
     hits.grid(True, alpha=0.3)
 
     temperature = "cold" if runs[0]["cold"] else "warm"
-    speed.set_title(f"{Path(report['model']).name}: {report['tokens']} decode tokens, {runs[0]['threads']} threads, {temperature}")
+    title = f"{Path(report['model']).name}: {report['tokens']} decode tokens, {runs[0]['threads']} threads"
+    speed.set_title(f"{title}, {temperature}")
     figure.tight_layout()
     figure.savefig(out)
     pyplot.close(figure)
