@@ -106,6 +106,20 @@ def memory_read_bandwidth(bytes: int = 1 << 30, threads: int = 1) -> float:
     of 5 passes after one untimed pass. The default of 1 GiB is meant to exceed the last-level
     cache."""
 
+def disk_read_bandwidth(
+    path: str | os.PathLike[str],
+    bytes: int = 2 << 30,
+    chunk_bytes: int | None = None,
+    queue_depth: int | None = None,
+    io_backend: str = "auto",
+) -> dict[str, Any]:
+    """Measure how fast the file at `path` reads, in bytes/s, through the expert store's I/O
+    backend `io_backend` ("auto", "io_uring", "pread" or "buffered"), with `chunk_bytes` per read
+    request (default 4 MiB) and `queue_depth` reads in flight (default 8). Reads `bytes` bytes
+    (default 2 GiB, all of a smaller file) in 32 MiB ranges spread over the file. Returns
+    bytes_read, seconds, bytes_per_s, io_backend, io_backend_reason, chunk_bytes and
+    queue_depth."""
+
 def matvec_throughput(
     ggml_type: str, rows: int, cols: int, threads: int = 1, min_seconds: float = 1.0
 ) -> dict[str, Any]:

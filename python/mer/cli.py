@@ -1,4 +1,4 @@
-"""Command-line interface: `python -m mer generate | info | pull | synth | replay`.
+"""Command-line interface: `python -m mer generate | info | pull | synth | replay | bench`.
 
 Generated text goes to stdout as it is produced. Logs, progress and errors go to stderr.
 """
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(synth)
     _add_verbosity(synth)
     _add_replay_parser(commands)
+    _add_bench_parser(commands)
     _add_verbosity(parser, top_level=True)
     return parser
 
@@ -150,6 +151,21 @@ def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
                         help="print one JSON object with every count, including recall per layer (which the text "
                              "output shows with -v)")
     _add_verbosity(replay)
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from .bench_cli import BENCH_EPILOG, add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench", help="measure decode speed on real text against the disk and memory bound",
+        description="Feed text to a model, a prompt and then one token at a time as in generation, and print "
+                    "prompt and decode tokens/s, hit rate, I/O share, bytes read, the routing overlap between "
+                    "tokens, prefetch figures and peak RSS, with the bound that the measured disk and memory "
+                    "bandwidth set on decode speed. Progress goes to stderr, the report to stdout.",
+        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_bench_arguments(bench)
+    _add_verbosity(bench)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
@@ -206,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_synth(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "bench":
+            from .bench_cli import run_bench_command
+
+            return run_bench_command(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -1,14 +1,19 @@
-//! Throughput measurements for benchmarks: the memory read bandwidth of this machine, and the
-//! bytes of weights per second that the matrix-vector product reads.
+//! Throughput measurements for benchmarks: the memory read bandwidth of this machine, the
+//! bytes of weights per second that the matrix-vector product reads, and (in [`disk`]) the
+//! read bandwidth of the disk under a model file.
 //!
-//! Both run on a rayon pool of their own with the requested number of threads, so the figures
-//! can be compared with each other and with the decode speed of a model opened with the same
-//! thread count. Random matrices come from [`random_matrix`], which the `matvec_throughput`
+//! The memory and matrix-vector measurements each run on a rayon pool of their own with the
+//! requested number of threads. So their figures can be compared with each other and with the
+//! decode speed of a model opened with the same thread count. Random matrices come from [`random_matrix`], which the `matvec_throughput`
 //! example uses too.
+
+mod disk;
 
 use std::time::Instant;
 
 use rayon::prelude::*;
+
+pub use disk::{disk_read_bandwidth, DiskReadBandwidth, DEFAULT_DISK_BYTES, DISK_RANGE_BYTES};
 
 use crate::aligned::AlignedBuf;
 use crate::error::{Error, Result};
