@@ -76,7 +76,7 @@ class MemoryCgroup:
 
 
 def drop_page_cache() -> str:
-    """Drops the page cache if this process may, and says what happened."""
+    """Drops the page cache if this process is allowed to, and returns the outcome."""
     try:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")

@@ -20,7 +20,7 @@ use crate::store::ExpertId;
 pub const TRACE_FORMAT: &str = "mer-trace";
 pub const TRACE_VERSION: u32 = 1;
 
-/// What the header records about the run.
+/// The settings of the run that the header records.
 pub struct TraceHeader<'a> {
     pub model: &'a str,
     pub n_layer: usize,

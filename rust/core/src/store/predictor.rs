@@ -1,5 +1,5 @@
 //! Predictors: guesses of the experts that a coming layer's router will pick, made early enough
-//! to read those experts before the layer asks for them.
+//! to read those experts before the layer requests them.
 
 use crate::model::forward::rmsnorm;
 use crate::quant::{Activation, GgmlType, MatRef};

@@ -1,4 +1,4 @@
-//! The prefetcher: at each layer of a generated token, asks the predictor for the experts of the
+//! The prefetcher: at each layer of a generated token, gets from the predictor the experts of the
 //! coming layers and tells the store which to read ahead, as far as the governor allows.
 //!
 //! The governor watches how many guesses the router then confirms. The top-k guesses and the
@@ -122,7 +122,7 @@ const SETTLED_TOKENS: u32 = 32;
 /// goes to no prefetching, which reads less.
 const REQUIRED_GAIN: f64 = 0.05;
 
-/// Where the measured comparison stands.
+/// The state of the measured comparison.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Trial {
     /// Measuring tokens with prefetching.
@@ -192,7 +192,7 @@ impl TrialClock {
     }
 }
 
-/// What one layer's step decided: the guesses made for coming layers, and the experts to read
+/// The decision of one layer's step: the guesses made for coming layers, and the experts to read
 /// ahead.
 #[derive(Clone, Debug, Default)]
 pub struct StepPlan {

@@ -2,7 +2,7 @@
 //! used, and the rules that give a slot to a demand read or a prefetch.
 //!
 //! The table does no I/O and takes no locks. The streaming store drives it under its mutex and
-//! starts the reads it asks for; the replay of a routing trace drives the same table without
+//! starts the reads it requests; the replay of a routing trace drives the same table without
 //! reading anything, so both make the same choices.
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ pub enum Demand {
     Full,
 }
 
-/// What a slot held before it was given to another expert.
+/// The expert a slot held before it was given to another one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Evicted {
     pub expert: ExpertId,
