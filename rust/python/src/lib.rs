@@ -460,21 +460,20 @@ impl CoreModel {
         let mut recall_per_layer = prefetch.recall_per_layer();
         recall_per_layer.resize(self.model.config.n_layer, 0.0);
         out.set_item("predictor_recall_per_layer", recall_per_layer)?;
-        let state = match trials.trial {
-            _ if !options.enabled => "disabled".to_string(),
-            Trial::WithPrefetch => format!("{} (measuring with prefetch)", governor.state),
-            Trial::WithoutPrefetch { .. } => format!("{} (measuring without prefetch)", governor.state),
-            Trial::Settled { prefetch: true } => governor.state.to_string(),
-            Trial::Settled { prefetch: false } => format!("off (measured slower; guesses {})", governor.state),
-        };
-        out.set_item("governor_state", state)?;
-        out.set_item("governor_guesses", governor.state.to_string())?;
         let trial = match trials.trial {
             Trial::WithPrefetch => "measuring with prefetch",
             Trial::WithoutPrefetch { .. } => "measuring without prefetch",
             Trial::Settled { prefetch: true } => "kept on",
             Trial::Settled { prefetch: false } => "kept off",
         };
+        let state = match trials.trial {
+            _ if !options.enabled => "disabled".to_string(),
+            Trial::Settled { prefetch: true } => governor.state.to_string(),
+            Trial::Settled { prefetch: false } => format!("off (measured slower; guesses {})", governor.state),
+            _ => format!("{} ({trial})", governor.state),
+        };
+        out.set_item("governor_state", state)?;
+        out.set_item("governor_guesses", governor.state.to_string())?;
         out.set_item("governor_trial", trial)?;
         out.set_item("governor_top_k_precision", governor.top_k_precision)?;
         out.set_item("governor_margin_precision", governor.margin_precision)?;
