@@ -340,7 +340,7 @@ fn min_value_bytes(type_id: u32) -> Option<u64> {
     Some(match type_id {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         10..=12 => 8,
         8 => 8,
         9 => 12,
@@ -431,9 +431,9 @@ fn parse(r: &mut HeaderReader<'_>) -> Result<GgufFile> {
 
     let data_offset = r.pos.div_ceil(alignment) * alignment;
     for t in &mut tensors {
-        t.offset = data_offset.checked_add(t.offset).unwrap_or(u64::MAX);
+        t.offset = data_offset.saturating_add(t.offset);
         let end = t.offset.checked_add(t.n_bytes);
-        if end.is_none_or(|end| end > r.file_size) {
+        if end.map_or(true, |end| end > r.file_size) {
             return Err(Error::format(
                 r.path,
                 t.index_offset,
@@ -476,7 +476,7 @@ fn check_tensor(
     if !ggml_type.is_known() {
         return Err(fail(format!("tensor {name} has unknown type id {}", ggml_type.0)));
     }
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return Err(fail(format!("tensor {name} has a zero dimension: {dims:?}")));
     }
     let Some(n_elements) = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)) else {

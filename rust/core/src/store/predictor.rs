@@ -14,10 +14,13 @@ pub trait Predictor: Send + Sync {
     fn rank(&self, target: usize, x: &[f32]) -> Option<Vec<usize>>;
 }
 
+/// A router matrix copied out of the resident weights: type, rows, columns and bytes.
+pub type RouterMatrix = (GgmlType, usize, usize, Vec<u8>);
+
 /// One layer's router and FFN norm, copied out of the resident weights.
 struct LayerRouter {
     /// The router matrix (`ffn_gate_inp`), or `None` in a dense layer.
-    router: Option<(GgmlType, usize, usize, Vec<u8>)>,
+    router: Option<RouterMatrix>,
     ffn_norm: Vec<f32>,
 }
 
@@ -33,9 +36,9 @@ pub struct NextLayerGate {
 }
 
 impl NextLayerGate {
-    /// Creates the predictor from each layer's router (type, rows, columns, bytes; `None` in a
-    /// dense layer) and FFN norm weights.
-    pub fn new(layers: Vec<(Option<(GgmlType, usize, usize, Vec<u8>)>, Vec<f32>)>, eps: f32) -> Self {
+    /// Creates the predictor from each layer's router (`None` in a dense layer) and FFN norm
+    /// weights.
+    pub fn new(layers: Vec<(Option<RouterMatrix>, Vec<f32>)>, eps: f32) -> Self {
         let layers = layers.into_iter().map(|(router, ffn_norm)| LayerRouter { router, ffn_norm }).collect();
         NextLayerGate { layers, eps, inverted: false }
     }

@@ -76,9 +76,9 @@ impl SlotLayout {
                     offset: file_start + done as u64,
                     len: n,
                     required: required.saturating_sub(done).min(n),
-                    // SAFETY: region.start + done + n <= region end <= slot_bytes, because the
-                    // region was sized for the largest superset of this part.
-                    dst: unsafe { slot.add(region.start + done) },
+                    // region.start + done + n <= region end <= slot_bytes, because the region was
+                    // sized for the largest superset of this part. The reader writes through it.
+                    dst: slot.wrapping_add(region.start + done),
                 });
                 done += n;
             }

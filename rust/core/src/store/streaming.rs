@@ -383,7 +383,7 @@ impl ExpertStore for StreamingStore {
         let mut submissions = Vec::new();
         let mut state = self.shared.state.lock().unwrap();
         for &id in experts {
-            if self.ranges.get(id.layer).is_none_or(|layer| id.expert >= layer.len()) {
+            if self.ranges.get(id.layer).map_or(true, |layer| id.expert >= layer.len()) {
                 continue;
             }
             let Some((index, evicted)) = state.table.prefetch(id) else { continue };
@@ -529,7 +529,7 @@ mod tests {
         let (path, ranges) = expert_file("shrink", 4);
         let store = StreamingStore::open(&path, ranges, 1, &StoreOptions::default()).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(3 * 3 * 4096).unwrap();
-        let error = store.with_experts(0, &[3], &[], &mut |_| Ok(())).err().expect("the read must fail");
+        let error = store.with_experts(0, &[3], &[], &mut |_| Ok(())).expect_err("the read must fail");
         let message = error.to_string();
         assert!(message.contains("expert 3 of layer 0"), "{message}");
         assert!(message.contains("offset 36864"), "{message}");
