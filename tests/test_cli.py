@@ -56,7 +56,7 @@ def test_info_reports_model(smollm2_file):
     assert "llama" in result.stdout
     assert "30" in result.stdout
     assert "Q4_1" in result.stdout
-    assert "Q8_0" in result.stdout
+    assert "Q8_0      1 tensor," in result.stdout
     assert "resident bytes" in result.stdout
     assert "expert bytes" in result.stdout
 

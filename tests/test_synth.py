@@ -360,3 +360,14 @@ def test_run_synth_writes_and_reports(tmp_path, tokenizer_metadata, monkeypatch,
     with pytest.raises(FileExistsError, match="--force"):
         synth.run_synth(_parse([str(out), "--preset", "tiny"]))
     assert synth.run_synth(_parse([str(out), "--preset", "tiny", "--force"])) == 0
+
+
+def test_run_synth_quiet_prints_only_path(tmp_path, tokenizer_metadata, monkeypatch, capsys):
+    monkeypatch.setattr(synth, "_default_tokenizer_metadata", lambda: tokenizer_metadata)
+    out = tmp_path / "quiet.gguf"
+    args = _parse([str(out), "--preset", "tiny"])
+    args.quiet = True
+    assert synth.run_synth(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert captured.err == ""

@@ -317,7 +317,9 @@ def _info(args: argparse.Namespace) -> int:
         ("bytes per expert", _format_bytes(summary["bytes_per_expert"])),
     ]
     for name, entry in summary["tensor_types"].items():
-        rows.append((f"tensors {name}", f"{entry['tensors']} tensors, {_format_bytes(entry['bytes'])}"))
+        count = entry["tensors"]
+        noun = "tensor" if count == 1 else "tensors"
+        rows.append((f"tensors {name}", f"{count} {noun}, {_format_bytes(entry['bytes'])}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -762,11 +762,13 @@ class _StderrProgress:
 def run_synth(args: argparse.Namespace) -> int:
     """Write the model that `args` (from `add_synth_arguments`) describe, print its path, return 0."""
     start = time.monotonic()
+    quiet = getattr(args, "quiet", False)
+    progress = None if quiet else _StderrProgress(f"writing {args.out}")
     path = write_synthetic_model(
-        args.out, preset=args.preset, dtype=args.dtype, seed=args.seed,
-        progress=_StderrProgress(f"writing {args.out}"), force=args.force,
+        args.out, preset=args.preset, dtype=args.dtype, seed=args.seed, progress=progress, force=args.force,
     )
-    size = path.stat().st_size
-    print(f"wrote {path}: {size:,} bytes in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    if not quiet:
+        size = path.stat().st_size
+        print(f"wrote {path}: {size:,} bytes in {time.monotonic() - start:.0f} s", file=sys.stderr)
     print(path)
     return 0
