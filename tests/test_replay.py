@@ -220,6 +220,23 @@ def test_invalid_json_names_line_and_column(tmp_path):
         read_trace(path)
 
 
+def test_cut_off_last_line_skipped(tmp_path, caplog):
+    path = tmp_path / "cut.jsonl"
+    whole = json.dumps(step(0, 0, [0]))
+    path.write_text(json.dumps(header()) + "\n" + whole + "\n" + whole[:10])
+    trace = read_trace(path)
+    assert len(trace.steps) == 1
+    assert "line 3 is cut off" in caplog.text
+
+
+def test_cut_off_line_before_end_rejected(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    whole = json.dumps(step(0, 0, [0]))
+    path.write_text(json.dumps(header()) + "\n" + whole[:10] + "\n" + whole + "\n")
+    with pytest.raises(ValueError, match=r"cut.jsonl: line 2: invalid JSON"):
+        read_trace(path)
+
+
 def run_mer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mer", *args], capture_output=True, text=True, timeout=120)
 

@@ -68,7 +68,10 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Read and check a routing trace. Raises ValueError naming the file and line of the first
     invalid value (unknown format or version, invalid JSON, a missing field, a value of the
     wrong type), and FileNotFoundError for a missing file. Layer and expert ranges are checked
-    by the replay."""
+    by the replay.
+
+    A last step line with no newline that is not valid JSON was cut off by a run that stopped
+    while writing, so it is skipped with a warning."""
     path = Path(path)
     header: dict[str, Any] | None = None
     steps: list[tuple] = []
@@ -77,6 +80,10 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             if not text.strip():
                 continue
             try:
+                if header is not None and not text.endswith("\n") and not _is_json(text):
+                    log.warning("%s: line %d is cut off (the run that wrote it stopped mid-line); replaying "
+                                "the %d steps before it", path, number, len(steps))
+                    break
                 value = _parse_json(text.rstrip("\r\n"))
                 if header is None:
                     header = _check_header(value)
@@ -163,6 +170,14 @@ def replay_trace(
 
 def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _parse_json(text: str) -> Any:
