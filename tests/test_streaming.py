@@ -212,5 +212,31 @@ def test_interleaved_generations_raise(smollm2):
     next(first)
     second = smollm2.generate("Once upon a time", max_tokens=4, temperature=0)
     next(second)
-    with pytest.raises(mer.MerError, match="another call used this model"):
+    with pytest.raises(mer.MerError, match="another call reset this model's context"):
         list(first)
+
+
+def test_interleaved_equal_lengths_raise(smollm2):
+    # Both prompts are 5 tokens, so the context length alone cannot tell the two apart.
+    first = smollm2.generate("The capital of France is", max_tokens=4, temperature=0)
+    next(first)
+    second = smollm2.generate("The capital of Spain is", max_tokens=4, temperature=0)
+    next(second)
+    assert len(first.prompt_ids) == len(second.prompt_ids)
+    with pytest.raises(mer.MerError, match="another call reset this model's context"):
+        list(first)
+
+
+def test_logits_call_ends_open_generation(smollm2):
+    generation = smollm2.generate("The capital of France is", max_tokens=4, temperature=0)
+    next(generation)
+    smollm2.logits(smollm2.tokenize("Hello world and more"))
+    with pytest.raises(mer.MerError, match="another call reset this model's context"):
+        list(generation)
+
+
+def test_core_eval_checks_context_length(smollm2):
+    smollm2._core.eval([504, 3575], reset=True)
+    with pytest.raises(mer.MerError, match="the context holds 2 tokens, expected 5"):
+        smollm2._core.eval([282], phase="decode", expect_n_past=5)
+    assert smollm2._core.n_past == 2

@@ -32,7 +32,13 @@ class CoreModel:
         trace: str | os.PathLike[str] | None = None,
     ) -> None: ...
     def eval(
-        self, tokens: list[int], all_logits: bool = False, phase: str = "prompt"
+        self,
+        tokens: list[int],
+        all_logits: bool = False,
+        phase: str = "prompt",
+        reset: bool = False,
+        expect_n_past: int | None = None,
+        owner: int | None = None,
     ) -> npt.NDArray[np.float32]:
         """Process tokens after those in the context; return logits of shape (rows, n_vocab)."""
     def reset(self) -> None:

@@ -6,6 +6,7 @@ turns text into token ids, samples each next token, detects stop conditions and 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +21,10 @@ from .sampling import Sampler, SamplerSettings
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger("mer")
+
+# Each generation's id, which the core checks so that one generation cannot continue in a context
+# that another has reset.
+_generation_ids = itertools.count(1)
 
 
 class Model:
@@ -147,6 +152,7 @@ class Generation:
         self._max_tokens = max_tokens
         self._sampler = sampler
         self._stop = stop
+        self._id = next(_generation_ids)
         self._pieces = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -167,7 +173,7 @@ class Generation:
 
         core.reset_stats()
         try:
-            logits = _check_finite(core.eval(self.prompt_ids, all_logits=False, phase="prompt", reset=True))[0]
+            logits = _check_finite(core.eval(self.prompt_ids, all_logits=False, phase="prompt", reset=True, owner=self._id))[0]
         except ContextFullError as e:
             raise ContextFullError(
                 f"the prompt has {len(self.prompt_ids)} tokens, more than the context of "
@@ -200,7 +206,7 @@ class Generation:
 
             try:
                 n_past = len(self.prompt_ids) + len(self.generated_ids) - 1
-                logits = _check_finite(core.eval([token], phase="decode", expect_n_past=n_past))[0]
+                logits = _check_finite(core.eval([token], phase="decode", expect_n_past=n_past, owner=self._id))[0]
             except ContextFullError:
                 log.warning("the context of %d tokens is full; generation stops here", model.config["n_ctx"])
                 self.stop_reason = "context"

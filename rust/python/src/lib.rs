@@ -205,14 +205,21 @@ fn describe_model<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bo
 #[pyclass(frozen, module = "mer._core")]
 struct CoreModel {
     model: Model,
-    kv: Mutex<KvCache>,
+    kv: Mutex<Context>,
+}
+
+/// The KV cache and the caller that filled it.
+struct Context {
+    cache: KvCache,
+    /// The `owner` given to the `eval` that last emptied the cache, if any.
+    owner: Option<u64>,
 }
 
 impl CoreModel {
     /// Locks the context. It waits without holding the GIL, so that a thread inside `eval`,
     /// which needs the GIL back between batches, can finish. (A guard cannot cross `detach`,
     /// so this polls with short sleeps instead of blocking.)
-    fn lock_kv(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, KvCache> {
+    fn lock_kv(&self, py: Python<'_>) -> std::sync::MutexGuard<'_, Context> {
         loop {
             match self.kv.try_lock() {
                 Ok(guard) => return guard,
@@ -280,18 +287,19 @@ impl CoreModel {
             trace,
         };
         let model = run_detached(py, || Model::open(&path, options))?;
-        let kv = Mutex::new(model.new_cache());
+        let kv = Mutex::new(Context { cache: model.new_cache(), owner: None });
         Ok(CoreModel { model, kv })
     }
 
     /// Processes `tokens` after those already in the context and returns float32 logits of
     /// shape (len(tokens), n_vocab), or (1, n_vocab) for the last token only when `all_logits`
     /// is false. `phase` is "prompt" or "decode" and selects which statistics the call counts in.
-    /// `reset` empties the context first, in the same locked step. `expect_n_past`, when given,
-    /// must equal the tokens already in the context: a mismatch means another caller changed the
-    /// context, and raises MerError. Prompt tokens run in batches of up to 64, and Ctrl-C is honoured
-    /// between batches.
-    #[pyo3(signature = (tokens, all_logits=false, phase="prompt", reset=false, expect_n_past=None))]
+    /// `reset` empties the context first, in the same locked step, and records `owner` as the
+    /// context's owner. Without `reset`, a given `owner` must be the recorded one and a given
+    /// `expect_n_past` must equal the tokens already in the context. A mismatch means another
+    /// caller changed the context, and raises MerError. Prompt tokens run in batches of up to 64,
+    /// and Ctrl-C is honoured between batches.
+    #[pyo3(signature = (tokens, all_logits=false, phase="prompt", reset=false, expect_n_past=None, owner=None))]
     fn eval<'py>(
         &self,
         py: Python<'py>,
@@ -300,6 +308,7 @@ impl CoreModel {
         phase: &str,
         reset: bool,
         expect_n_past: Option<usize>,
+        owner: Option<u64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         if tokens.is_empty() {
             return Err(PyValueError::new_err("eval needs at least one token"));
@@ -321,10 +330,21 @@ impl CoreModel {
             other => return Err(PyValueError::new_err(format!("phase must be \"prompt\" or \"decode\", not {other:?}"))),
         };
 
-        let mut kv = self.lock_kv(py);
+        let mut context = self.lock_kv(py);
         if reset {
-            kv.clear();
+            context.cache.clear();
+            context.owner = owner;
         }
+        if !reset && owner.is_some() && owner != context.owner {
+            return Err(mer_exception(
+                py,
+                "MerError",
+                "another call reset this model's context meanwhile; one Model runs one generation at a time, \
+                 so open a second Model for concurrent use"
+                    .to_string(),
+            ));
+        }
+        let kv = &mut context.cache;
         // Check the whole call before running any of it, so that a prompt that cannot fit
         // costs nothing and leaves the context as it was.
         if let Some(&token) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
@@ -361,7 +381,7 @@ impl CoreModel {
             } else {
                 Logits::None
             };
-            let cache: &mut KvCache = &mut kv;
+            let cache: &mut KvCache = kv;
             let rows = run_detached(py, || self.model.eval(cache, batch, mode, phase))?;
             logits.extend_from_slice(&rows);
             py.check_signals()?;
@@ -372,13 +392,15 @@ impl CoreModel {
 
     /// Empties the context, so the next `eval` starts at position 0.
     fn reset(&self, py: Python<'_>) {
-        self.lock_kv(py).clear();
+        let mut context = self.lock_kv(py);
+        context.cache.clear();
+        context.owner = None;
     }
 
     /// Tokens in the context.
     #[getter]
     fn n_past(&self, py: Python<'_>) -> usize {
-        self.lock_kv(py).len()
+        self.lock_kv(py).cache.len()
     }
 
     /// Resets the run statistics.
@@ -405,7 +427,7 @@ impl CoreModel {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.model.stats();
         let store = self.model.store_report();
-        let kv_bytes = self.lock_kv(py).n_bytes();
+        let kv_bytes = self.lock_kv(py).cache.n_bytes();
         let (prompt, decode) = (&store.stats.prompt, &store.stats.decode);
         let out = PyDict::new(py);
         out.set_item("threads", self.model.threads())?;
