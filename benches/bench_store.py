@@ -11,11 +11,13 @@ the disk (or whatever the host puts behind it) even when the file is in the page
   is a demand read, so the bytes read over the time the forward pass waited for them is the
   rate the slot pool fills at. It is printed next to the rate of large O_DIRECT reads of the
   same file through the same backend, measured in the same run.
-* Decode at several budgets: tokens/s, hit rate and I/O share at a quarter, half and all of the
-  model's expert bytes, with prefetching on.
+* Decode at several budgets: tokens/s, hit rate and I/O share with slots for a quarter, half and
+  all of the model's experts, with prefetching on.
 """
 
 from __future__ import annotations
+
+import math
 
 import os
 
@@ -67,7 +69,11 @@ def test_slot_pool_read_throughput(benchmark, model_path):
 @pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
 def test_decode_at_budget(benchmark, model_path, share):
     probe = mer.Model(model_path, threads=THREADS)
-    budget = max(int(probe.stats()["expert_bytes"] * share), probe.stats()["slot_bytes"] * 3)
+    config, slot_bytes = probe.config, probe.stats()["slot_bytes"]
+    # Slots are rounded out to 4096-byte boundaries, so the budget counts slots, not expert bytes.
+    experts = config["n_layer"] * max(config["n_expert"], 1)
+    slots = max(math.ceil(experts * share), max(config["n_expert_used"], 1) + 1)
+    budget = slots * slot_bytes
     ids = probe.tokenize(BENCH_TEXT)
     del probe
 
@@ -77,6 +83,7 @@ def test_decode_at_budget(benchmark, model_path, share):
         ram_budget_bytes=budget, decode_tokens_per_s=stats["decode_tokens_per_s"], hit_rate=stats["hit_rate"]
     )
     print(
-        f"\nbudget {budget / 2**20:.0f} MiB ({share:.0%} of the experts): {stats['decode_tokens_per_s']:.1f} tokens/s, "
+        f"\nbudget {budget / 2**20:.0f} MiB ({slots} slots, {share:.0%} of the experts): "
+        f"{stats['decode_tokens_per_s']:.1f} tokens/s, "
         f"hit rate {stats['hit_rate']:.3f}, I/O share {stats['io_share']:.3f}, governor {stats['governor_state']}"
     )

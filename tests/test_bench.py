@@ -391,7 +391,10 @@ def test_bench_sweep_json_runs(capsys, moe_file, text_file):
     report = json.loads(out)
     assert [run["ram_budget_bytes"] for run in report["runs"]] == [128 << 10, 1 << 20]
     assert report["runs"][0]["hit_rate"] <= report["runs"][1]["hit_rate"]
-    assert "disk_bandwidth_measured" in report
+    assert "memory_bandwidth_measured" in report
+    for run in report["runs"]:
+        assert run["disk_bandwidth_measured"] >= run["disk_bandwidth_probe"]
+        assert run["disk_bandwidth_measured"] >= run["disk_bytes_per_s"]
 
 
 def test_bench_plot_without_matplotlib(capsys, monkeypatch, moe_file, tmp_path):
@@ -436,3 +439,12 @@ def test_bench_help_lists_options(capsys):
                    "--threads", "--cold", "--json", "--plot", "--llamacpp-json"):
         assert option in out, option
     assert "1 / max((1 - h) * E / D, W / M)" in out
+
+
+def test_bench_cold_missing_model_keeps_cache(capsys, fake_drop, tmp_path, text_file):
+    code, _, err = run_bench_main(
+        capsys, "--model", str(tmp_path / "missing.gguf"), "--text", str(text_file), "--cold"
+    )
+    assert code != 0
+    assert "missing.gguf" in err
+    assert fake_drop.calls == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,6 +99,13 @@ def test_invalid_sampling_value_is_clear_error(smollm2_file):
     assert "invalid value '0'" in result.stderr
 
 
+def test_negative_seed_is_usage_error(smollm2_file):
+    result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "hi", "--seed", "-1")
+    assert result.returncode == 2
+    assert "--seed" in result.stderr
+    assert "invalid value '-1'" in result.stderr
+
+
 def test_ram_budget_option_accepts_sizes(smollm2_file):
     result = run_mer("generate", "--model", str(smollm2_file), "--prompt", "Hello", "-n", "2",
                      "--temperature", "0", "--ram-budget", "8M", "--json")
@@ -112,3 +120,11 @@ def test_ram_budget_option_rejects_garbage(smollm2_file):
     assert result.returncode == 2
     assert "--ram-budget" in result.stderr
     assert "8G" in result.stderr
+
+
+def test_threads_above_cpu_count_warns(tmp_path):
+    path = write_llama_gguf(tmp_path / "dense.gguf", kind="dense", dtype="q8_0")
+    threads = (os.cpu_count() or 1) + 1
+    result = run_mer("generate", "--model", str(path), "--prompt", "hi", "-n", "1", "--threads", str(threads))
+    assert result.returncode == 0, result.stderr
+    assert f"{threads} threads on" in result.stderr

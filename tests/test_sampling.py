@@ -86,7 +86,10 @@ def test_top_k_one_equals_greedy():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("temperature", -0.1), ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5), ("min_p", -0.5), ("repeat_penalty", 0.0)],
+    [
+        ("temperature", -0.1), ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5), ("min_p", -0.5),
+        ("repeat_penalty", 0.0), ("seed", -1), ("seed", True),
+    ],
 )
 def test_invalid_settings_raise(field, value):
     with pytest.raises(ValueError, match=field):

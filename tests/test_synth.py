@@ -371,3 +371,16 @@ def test_run_synth_quiet_prints_only_path(tmp_path, tokenizer_metadata, monkeypa
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)
     assert captured.err == ""
+
+
+def test_synth_rejects_directory_and_negative_seed(tmp_path, tokenizer_metadata):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        synth.write_synthetic_model(tmp_path, "tiny", tokenizer_metadata=tokenizer_metadata, force=True)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        synth.write_synthetic_model(tmp_path / "x.gguf", "tiny", tokenizer_metadata=tokenizer_metadata, seed=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_cli_rejects_negative_seed():
+    with pytest.raises(SystemExit):
+        _parse(["out.gguf", "--seed", "-1"])

@@ -7,8 +7,8 @@ and the routing overlap from a routing trace written to a temporary file. After 
 measures the read bandwidth of the model file (through the store's I/O backend, with O_DIRECT
 where the store used it). D is the larger of that and the rate the run's reads reached, since
 a shared or virtual disk changes speed from minute to minute and evidently delivered at least
-what the run read. It measures the memory read bandwidth M once, and bounds each run's decode
-speed:
+what the run read. It measures the memory read bandwidth M once, at the end, and bounds each
+run's decode speed:
 
     tokens/s <= 1 / max((1 - h) * E / D, W / M)
 
@@ -269,20 +269,12 @@ def measure_disk(path: Path, io_backend: str) -> dict[str, Any]:
     return _core.disk_read_bandwidth(path, bytes=probe_bytes, io_backend=io_backend)
 
 
-def measure_bandwidths(path: Path, threads: int, io_backend: str) -> dict[str, Any]:
-    """Measure the read bandwidth of the model file through `io_backend`, the backend the runs
-    used, and the memory read bandwidth with `threads` threads."""
-    disk = measure_disk(path, io_backend)
-    log.info("measuring the memory read bandwidth: %d MiB, threads: %d", MEMORY_PROBE_BYTES >> 20, threads)
-    memory = _core.memory_read_bandwidth(MEMORY_PROBE_BYTES, threads)
-    return {"disk": disk, "memory_bytes_per_s": memory}
-
-
-def summarize_run(run: dict[str, Any], bandwidths: dict[str, Any], bytes_per_expert: int) -> dict[str, Any]:
+def summarize_run(run: dict[str, Any], memory_bandwidth: float, bytes_per_expert: int) -> dict[str, Any]:
     """Return the reported fields of one run: its speed and counts, the bound and the fraction of
-    it reached, and the bandwidths the bound used."""
+    it reached, and the bandwidths the bound used. `run["disk"]` is the disk probe taken after
+    the run."""
     stats, config = run["stats"], run["config"]
-    disk, memory_bandwidth = run.get("disk", bandwidths["disk"]), bandwidths["memory_bytes_per_s"]
+    disk = run["disk"]
     decode_s = stats["decode_s"]
     reached = stats["bytes_read"] / decode_s if decode_s > 0 else 0.0
     # The disk evidently delivers at least what the run reached, so the bound uses the larger
@@ -306,7 +298,7 @@ def summarize_run(run: dict[str, Any], bandwidths: dict[str, Any], bytes_per_exp
         "bytes_read": stats["bytes_read"],
         "disk_bytes_per_s": reached,
         "disk_bandwidth_probe": disk["bytes_per_s"],
-        "disk_bandwidth_for_bound": disk_for_bound,
+        "disk_bandwidth_measured": disk_for_bound,
         "memory_bytes_per_s": bytes_per_token * decode_tokens_per_s,
 
         "expert_bytes_per_token": expert_bytes_per_token,
@@ -340,9 +332,15 @@ def summarize_run(run: dict[str, Any], bandwidths: dict[str, Any], bytes_per_exp
 
 
 def run_bench(settings: BenchSettings, budgets: list[int | None]) -> dict[str, Any]:
-    """Run the bench once per RAM budget (None: every expert gets a slot), then measure the disk
-    and memory bandwidth once, and return the settings, the bandwidths and one summary per run."""
+    """Run the bench once per RAM budget (None: every expert gets a slot), measuring the disk
+    after each run and the memory bandwidth once at the end. Returns the settings, the memory
+    bandwidth and one summary per run, with the disk bandwidth its bound used.
+
+    Raises the model's open errors (a missing or malformed file) before a cold run drops the page
+    cache."""
     check_settings(settings)
+    # Reading the header first means a bad path fails before it costs the machine its page cache.
+    bytes_per_expert = _core.describe_model(settings.model)["bytes_per_expert"]
     runs = []
     for i, budget in enumerate(budgets, start=1):
         if len(budgets) > 1:
@@ -353,10 +351,10 @@ def run_bench(settings: BenchSettings, budgets: list[int | None]) -> dict[str, A
         run["disk"] = measure_disk(settings.model, run["stats"]["io_backend"])
         runs.append(run)
 
-    first = runs[0]["stats"]
-    bandwidths = measure_bandwidths(settings.model, first["threads"], first["io_backend"])
-    bytes_per_expert = _core.describe_model(settings.model)["bytes_per_expert"]
-    disk = bandwidths["disk"]
+    threads = runs[0]["stats"]["threads"]
+    log.info("measuring the memory read bandwidth: %d MiB, threads: %d", MEMORY_PROBE_BYTES >> 20, threads)
+    memory_bandwidth = _core.memory_read_bandwidth(MEMORY_PROBE_BYTES, threads)
+    disk = runs[0]["disk"]
     config = runs[0]["config"]
     return {
         "model": str(settings.model),
@@ -368,15 +366,14 @@ def run_bench(settings: BenchSettings, budgets: list[int | None]) -> dict[str, A
         "text_tokens": runs[0]["text_tokens"],
         "tokens": settings.tokens,
         "prompt_tokens": settings.prompt_tokens,
-        "disk_bandwidth_measured": disk["bytes_per_s"],
         "disk_bandwidth_bytes": disk["bytes_read"],
         "disk_bandwidth_backend": disk["io_backend"],
-        "memory_bandwidth_measured": bandwidths["memory_bytes_per_s"],
+        "memory_bandwidth_measured": memory_bandwidth,
         "memory_bandwidth_bytes": MEMORY_PROBE_BYTES,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mer_version": __version__,
         "cpu_model": cpu_model(),
-        "runs": [summarize_run(run, bandwidths, bytes_per_expert) for run in runs],
+        "runs": [summarize_run(run, memory_bandwidth, bytes_per_expert) for run in runs],
     }
 
 

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop tokens less likely than P times the most likely one; 0 disables (default: 0.05)")
     gen.add_argument("--repeat-penalty", type=_positive_float, default=1.0, metavar="R",
                      help="penalty for tokens among the last 64; 1 disables (default: 1.0)")
-    gen.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for sampling (default: random)")
+    gen.add_argument("--seed", type=_non_negative_int, default=None, metavar="S", help="random seed for sampling (default: random)")
     gen.add_argument("--stop", action="append", default=[], metavar="STR",
                      help="stop when this text appears; it is not printed (repeatable)")
     gen.add_argument("--chat", action="store_true",
@@ -135,7 +135,7 @@ def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
                     "settings (the defaults) and prefetch off, hits and misses equal the live run's.",
         epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    replay.add_argument("trace", metavar="FILE", help="the routing trace (JSON Lines)")
+    replay.add_argument("trace", metavar="TRACE", help="the routing trace (JSON Lines)")
     size = replay.add_mutually_exclusive_group()
     size.add_argument("--slots", type=_positive_int, default=None, metavar="N",
                       help="slots in the pool (default: the traced run's slot count)")
@@ -195,7 +195,7 @@ _positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
 _non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 _positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 _probability = _number_type(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
-_byte_size = _number_type(parse_size, lambda v: v > 0, "a size such as 8G, 512M or a number of bytes")
+_byte_size = _number_type(parse_size, lambda v: v > 0, "a size above 0, such as 8G, 512M or a number of bytes")
 _probability_above_zero = _number_type(float, lambda v: 0 < v <= 1, "a number above 0 and at most 1")
 
 

@@ -52,6 +52,10 @@ class Model:
     ) -> None:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        cpus = os.cpu_count() or 1
+        if threads is not None and threads > cpus:
+            log.warning("%d threads on %d CPUs: the extra threads only wait for a CPU, so decoding will be "
+                        "slower than with --threads %d", threads, cpus, cpus)
         self.path = resolve_model_path(path)
         budget = None if ram_budget is None else parse_size(ram_budget)
         self._core = _core.CoreModel(self.path, threads, budget, io_backend, prefetch=bool(prefetch), trace=trace)

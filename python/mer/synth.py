@@ -429,10 +429,12 @@ def write_synthetic_model(
     _check_preset(preset)
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory: give the path of the file to write")
     if out.exists() and not force:
-        raise FileExistsError(
-            f"{out} already exists. Pass force=True (--force on the command line) to overwrite it"
-        )
+        raise FileExistsError(f"{out} already exists: pass force=True to overwrite it")
 
     if tokenizer_metadata is None:
         tokenizer_metadata = _default_tokenizer_metadata()
@@ -735,7 +737,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="q4_0",
                         help="tensor type of every matrix. Norms and routers are F32 (default: q4_0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed of the weights (default: 0)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
 
@@ -759,8 +761,20 @@ class _StderrProgress:
               f"{elapsed:.0f} s", file=sys.stderr, flush=True)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 0")
+    return value
+
+
 def run_synth(args: argparse.Namespace) -> int:
     """Write the model that `args` (from `add_synth_arguments`) describe, print its path, return 0."""
+    if Path(args.out).exists() and not Path(args.out).is_dir() and not args.force:
+        raise FileExistsError(f"{args.out} already exists: pass --force to overwrite it")
     start = time.monotonic()
     quiet = getattr(args, "quiet", False)
     progress = None if quiet else _StderrProgress(f"writing {args.out}")

@@ -483,6 +483,7 @@ impl CoreModel {
         recall_per_layer.resize(self.model.config.n_layer, 0.0);
         out.set_item("predictor_recall_per_layer", recall_per_layer)?;
         let trial = match trials.trial {
+            Trial::WarmUp => "warming up",
             Trial::WithPrefetch => "measuring with prefetch",
             Trial::WithoutPrefetch { .. } => "measuring without prefetch",
             Trial::Settled { prefetch: true } => "kept on",

@@ -118,14 +118,24 @@ impl Governor {
 /// choice before the next pair of trials.
 const TRIAL_TOKENS: u32 = 4;
 const SETTLED_TOKENS: u32 = 32;
+/// Tokens that prefetch before the first trial. The first tokens of a run miss on empty slots
+/// with or without prefetching, and a trial among them would blame those misses on whichever
+/// choice ran first.
+const WARM_UP_TOKENS: u32 = 8;
 /// Prefetching stops only when its trial waited this share longer per token than the trial
 /// without. Trials of a few tokens are noisy, and the precision governor already stops bad
 /// guesses, so a near tie keeps prefetching on.
 const TOLERATED_LOSS: f64 = 0.10;
+/// Waits that differ by less than this (seconds per token) are a tie too. When every expert the
+/// tokens use is in a slot, both trials wait close to nothing, and the share alone would turn
+/// prefetching off over microseconds.
+const TOLERATED_WAIT_S: f64 = 0.001;
 
 /// The state of the measured comparison.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Trial {
+    /// Prefetching while the slots fill, before the first trial.
+    WarmUp,
     /// Measuring tokens with prefetching.
     WithPrefetch,
     /// Measuring tokens without, after a trial with prefetching that waited `with` seconds per
@@ -149,7 +159,7 @@ pub struct TrialClock {
 
 impl Default for TrialClock {
     fn default() -> Self {
-        TrialClock { trial: Trial::WithPrefetch, tokens_left: TRIAL_TOKENS, wait_at_start: f64::NAN }
+        TrialClock { trial: Trial::WarmUp, tokens_left: WARM_UP_TOKENS, wait_at_start: f64::NAN }
     }
 }
 
@@ -157,7 +167,7 @@ impl TrialClock {
     /// Returns whether prefetching is on in the current trial or settled period.
     pub fn prefetch(&self) -> bool {
         match self.trial {
-            Trial::WithPrefetch => true,
+            Trial::WarmUp | Trial::WithPrefetch => true,
             Trial::WithoutPrefetch { .. } => false,
             Trial::Settled { prefetch } => prefetch,
         }
@@ -176,7 +186,7 @@ impl TrialClock {
         let (trial, tokens) = match self.trial {
             Trial::WithPrefetch => (Trial::WithoutPrefetch { with: per_token }, TRIAL_TOKENS),
             Trial::WithoutPrefetch { with } => {
-                let prefetch = with <= per_token * (1.0 + TOLERATED_LOSS);
+                let prefetch = with <= per_token * (1.0 + TOLERATED_LOSS) || with - per_token <= TOLERATED_WAIT_S;
                 log::debug!(
                     "prefetch trial: {:.1} ms of I/O wait per token with prefetching, {:.1} ms without; keeping it {}",
                     with * 1e3,
@@ -185,7 +195,7 @@ impl TrialClock {
                 );
                 (Trial::Settled { prefetch }, SETTLED_TOKENS)
             }
-            Trial::Settled { .. } => (Trial::WithPrefetch, TRIAL_TOKENS),
+            Trial::WarmUp | Trial::Settled { .. } => (Trial::WithPrefetch, TRIAL_TOKENS),
         };
         self.trial = trial;
         self.tokens_left = tokens - 1;
@@ -287,9 +297,20 @@ impl Prefetcher {
 mod tests {
     use super::*;
 
+    /// Returns a clock whose next token starts its first trial, after a warm-up with no I/O wait.
+    fn warmed_up_clock() -> TrialClock {
+        let mut clock = TrialClock::default();
+        for _ in 0..WARM_UP_TOKENS {
+            assert_eq!(clock.trial, Trial::WarmUp);
+            assert!(clock.prefetch());
+            clock.next_token(0.0);
+        }
+        clock
+    }
+
     #[test]
     fn trials_keep_prefetching_only_when_it_waits_less() {
-        let mut clock = TrialClock::default();
+        let mut clock = warmed_up_clock();
         let mut wait = 0.0;
         // With prefetching: 10 ms per token; without: 20 ms per token.
         for _ in 0..=TRIAL_TOKENS {
@@ -304,7 +325,7 @@ mod tests {
         assert_eq!(clock.trial, Trial::Settled { prefetch: true });
 
         // A near tie keeps prefetching on.
-        let mut clock = TrialClock::default();
+        let mut clock = warmed_up_clock();
         let mut wait = 0.0;
         for _ in 0..=2 * TRIAL_TOKENS {
             clock.next_token(wait);
@@ -312,8 +333,17 @@ mod tests {
         }
         assert_eq!(clock.trial, Trial::Settled { prefetch: true });
 
+        // Waits of microseconds are a tie as well, whatever their ratio.
+        let mut clock = warmed_up_clock();
+        let mut wait = 0.0;
+        for _ in 0..=2 * TRIAL_TOKENS {
+            clock.next_token(wait);
+            wait += if clock.prefetch() { 2e-6 } else { 1e-6 };
+        }
+        assert_eq!(clock.trial, Trial::Settled { prefetch: true });
+
         // Now prefetching is clearly the slower one.
-        let mut clock = TrialClock::default();
+        let mut clock = warmed_up_clock();
         let mut wait = 0.0;
         for _ in 0..=2 * TRIAL_TOKENS {
             clock.next_token(wait);
