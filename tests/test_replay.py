@@ -181,6 +181,12 @@ MALFORMED = {
     "missing header field": (_without(header(), "n_expert"), [], 1, "missing header field 'n_expert'"),
     "header field of wrong type": (header(prefetch="no"), [], 1, "'prefetch' must be a bool"),
     "negative count": (header(expert_bytes=-1), [], 1, "'expert_bytes' must be an integer from 0"),
+    "too many experts": (header(n_layer=65536, n_expert=65536, slots=2**32), [], 1,
+                         "4294967296 experts, more than the 1048576"),
+    "predicted layer beyond 64 bits": (header(), [{**step(0, 0, [0]), "predicted": {"9" * 19: [1]}}], 2,
+                                       "a predicted layer must be an integer from 0"),
+    "predicted layer of many digits": (header(), [{**step(0, 0, [0]), "predicted": {"9" * 5000: [1]}}], 2,
+                                       "keys must be layer numbers"),
     "missing step field": (header(), [step(0, 0, [0]), _without(step(0, 1, [0]), "groups")], 3,
                            "missing step field 'groups'"),
     "unknown phase": (header(), [step(0, 0, [0], phase="warmup")], 2, 'phase must be "prompt" or "decode"'),
@@ -218,6 +224,14 @@ def test_invalid_json_names_line_and_column(tmp_path):
     path.write_text(json.dumps(header()) + "\n" + json.dumps(step(0, 0, [0])) + "\n" + '{"batch": 0,\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 3: invalid JSON: .* at column 13"):
         read_trace(path)
+
+
+def test_deep_nesting_and_huge_numbers_rejected(tmp_path):
+    for name, text in [("nested", "[" * 200_000), ("digits", '{"batch": ' + "9" * 5000 + "}")]:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(header()) + "\n" + text + "\n")
+        with pytest.raises(ValueError, match=rf"{name}.jsonl: line 2: invalid"):
+            read_trace(path)
 
 
 def test_cut_off_last_line_skipped(tmp_path, caplog):

@@ -240,3 +240,32 @@ def test_core_eval_checks_context_length(smollm2):
     with pytest.raises(mer.MerError, match="the context holds 2 tokens, expected 5"):
         smollm2._core.eval([282], phase="decode", expect_n_past=5)
     assert smollm2._core.n_past == 2
+
+
+INTERRUPT_ON_CORE_LOG = """
+import logging, sys
+import mer
+
+class InterruptOnCoreLog(logging.Handler):
+    def emit(self, record):
+        if record.name.startswith("mer_core"):
+            raise KeyboardInterrupt
+
+logging.getLogger("mer_core").addHandler(InterruptOnCoreLog())
+logging.getLogger("mer_core").setLevel(logging.DEBUG)
+try:
+    mer.Model(sys.argv[1], ram_budget="1M")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+def test_interrupt_during_core_log_propagates(tmp_path):
+    # A KeyboardInterrupt raised inside a log call from the core, as Ctrl-C can be, must reach the
+    # caller as itself. The core's log levels are cached per process, so this runs in its own.
+    path = write_llama_gguf(tmp_path / "moe.gguf", kind="moe_merged", dtype="q8_0")
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_ON_CORE_LOG, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "KeyboardInterrupt"

@@ -185,6 +185,11 @@ def _parse_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise _LineError(f"invalid JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise _LineError("invalid step: its JSON nests too deeply to read") from None
+    except ValueError as e:
+        # Python refuses integers of more than 4300 digits (sys.set_int_max_str_digits).
+        raise _LineError(f"invalid JSON: {e}") from None
 
 
 def _check_header(value: Any) -> dict[str, Any]:
@@ -209,10 +214,18 @@ def _check_header(value: Any) -> dict[str, Any]:
     for name, limit in _HEADER_LIMITS.items():
         if value[name] > limit:
             raise _LineError(f"header field {name!r} is {value[name]}, more than the {limit} a replay accepts")
+    experts = value["n_layer"] * value["n_expert"]
+    if experts > MAX_EXPERTS:
+        raise _LineError(
+            f"n_layer x n_expert is {experts} experts, more than the {MAX_EXPERTS} a replay accepts"
+        )
     return value
 
 
 _HEADER_LIMITS = {"n_layer": 1 << 16, "n_expert": 1 << 16, "n_expert_used": 1 << 16, "expert_bytes": 1 << 44}
+# The replay keeps a slot table entry per expert. Models with the most experts today have tens of
+# thousands, so this leaves room while keeping the table small.
+MAX_EXPERTS = 1 << 20
 
 
 def _check_step(number: int, value: Any) -> tuple:
@@ -233,8 +246,10 @@ def _check_step(number: int, value: Any) -> tuple:
         raise _LineError(f"predicted must be an object of layer to experts, not {predicted_by_layer!r}")
     predicted = []
     for key, experts in predicted_by_layer.items():
-        if not (key.isascii() and key.isdigit()):
-            raise _LineError(f"predicted has key {key!r}: keys must be layer numbers")
+        # A 64-bit count has at most 19 digits, and the length check keeps int() fast.
+        if not (key.isascii() and key.isdigit() and len(key) <= 19):
+            raise _LineError(f"predicted has key {key[:40]!r}: keys must be layer numbers")
+        _require_count("a predicted layer", int(key))
         predicted.append((int(key), _expert_list(f"predicted[{key!r}]", experts)))
 
     prefetched = value["prefetched"]

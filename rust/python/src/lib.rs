@@ -51,13 +51,26 @@ fn to_py_err(py: Python<'_>, error: Error) -> PyErr {
     }
 }
 
+/// Returns the exception that Python code run by a log call left set on this thread, such as a
+/// KeyboardInterrupt raised inside `logging`. The log bridge cannot return it, so it restores it,
+/// and a call that then returned a value would make Python raise SystemError.
+fn raise_pending(py: Python<'_>) -> PyResult<()> {
+    match PyErr::take(py) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
 /// Runs `f` with the GIL released, turning a core error into its Python exception and a panic
 /// into `mer.errors.MerError`, so no panic unwinds into Python. Use it for every call that reads
 /// files or computes.
 fn run_detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> mer_core::Result<T> + Send) -> PyResult<T> {
     let outcome = py.detach(|| catch_unwind(AssertUnwindSafe(f)));
     match outcome {
-        Ok(Ok(value)) => Ok(value),
+        Ok(Ok(value)) => {
+            raise_pending(py)?;
+            Ok(value)
+        }
         Ok(Err(error)) => Err(to_py_err(py, error)),
         Err(panic) => {
             let detail = panic
@@ -288,6 +301,7 @@ impl CoreModel {
         };
         let model = run_detached(py, || Model::open(&path, options))?;
         let kv = Mutex::new(Context { cache: model.new_cache(), owner: None });
+        raise_pending(py)?;
         Ok(CoreModel { model, kv })
     }
 
@@ -387,6 +401,7 @@ impl CoreModel {
             py.check_signals()?;
         }
         let array = Array2::from_shape_vec((rows, n_vocab), logits).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        raise_pending(py)?;
         Ok(array.into_pyarray(py))
     }
 

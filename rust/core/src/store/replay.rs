@@ -115,6 +115,10 @@ pub struct Replay {
     predictions: HashMap<usize, Vec<usize>>,
 }
 
+/// The maximum number of experts in a replayed trace. The replay keeps state per expert, and
+/// models with the most experts today have tens of thousands.
+const MAX_EXPERTS: usize = 1 << 20;
+
 impl Replay {
     /// Starts a replay of a trace of `shape`. Fails when the slot count is below the streaming
     /// store's minimum (the experts one layer uses, plus one) or the policy is unknown.
@@ -129,6 +133,12 @@ impl Replay {
             )));
         }
         let total_experts = shape.n_layer.saturating_mul(shape.experts_per_layer());
+        if total_experts > MAX_EXPERTS {
+            return Err(Error::InvalidArgument(format!(
+                "the trace has {total_experts} experts (layers x experts per layer), more than the {MAX_EXPERTS} \
+                 a replay accepts"
+            )));
+        }
         let minimum = (shape.experts_used() + 1).min(total_experts);
         if options.slots < minimum {
             return Err(Error::InvalidArgument(format!(
