@@ -258,13 +258,15 @@ def write_weights_gguf(
     tied: bool = False,
     legacy_experts: bool = False,
     tokenizer: FixtureTokenizer | None = None,
+    extra_rows: int = 0,
 ) -> Path:
     """Write ``weights`` and the llama metadata of ``config`` to a GGUF file at ``path``.
 
     ``dtype`` is the tensor type of the attention and FFN matrices, ``embedding_dtype``
     that of ``token_embd`` and ``output`` (default: ``dtype``). With ``tied`` the file has
     no ``output.weight``. With ``legacy_experts`` each expert gets its own tensors. The
-    vocabulary size is the tokenizer's token count and must equal token_embd's rows.
+    vocabulary size is the tokenizer's token count, and token_embd has ``extra_rows`` more rows
+    than that (padding rows, as some real models have).
     """
     path = Path(path)
     embedding_dtype = embedding_dtype or dtype
@@ -273,10 +275,10 @@ def write_weights_gguf(
             raise ValueError(f"unknown fixture dtype {name!r}, expected one of {sorted(DTYPES)}")
     tokenizer = tokenizer or build_tokenizer()
     n_vocab = len(tokenizer.tokens)
-    if weights["token_embd.weight"].shape[0] != n_vocab:
+    if weights["token_embd.weight"].shape[0] != n_vocab + extra_rows:
         raise ValueError(
             f"token_embd.weight has {weights['token_embd.weight'].shape[0]} rows "
-            f"but the tokenizer has {n_vocab} tokens"
+            f"but the tokenizer has {n_vocab} tokens and extra_rows is {extra_rows}"
         )
 
     to_write = {name: values for name, values in weights.items() if not (tied and name == "output.weight")}

@@ -321,6 +321,24 @@ def test_bench_tokens_beyond_text(capsys, moe_file, text_file):
     assert f"leave {allowed} decode tokens" in err
 
 
+def test_bench_prompt_longer_than_text(capsys, moe_file, text_file):
+    text_tokens = len(mer.Model(moe_file, threads=1).tokenize(TEXT))
+    code, _, err = run_bench_main(
+        capsys, "--model", str(moe_file), "--text", str(text_file), "--prompt-tokens", str(text_tokens + 5)
+    )
+    assert code == 1
+    assert "leave 0 decode tokens" in err
+    assert f"Pass --prompt-tokens {text_tokens - 1} or less" in err
+
+
+def test_bench_binary_text_names_file(capsys, moe_file, tmp_path):
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"text \xff\xfe more")
+    code, _, err = run_bench_main(capsys, "--model", str(moe_file), "--text", str(binary))
+    assert code == 1
+    assert f"{binary}: --text must be UTF-8, but byte 5 is not" in err
+
+
 def test_bench_cold_rejects_buffered(capsys, fake_drop, moe_file):
     code, out, err = run_bench_main(capsys, "--model", str(moe_file), "--cold", "--io-backend", "buffered")
     assert code == 1

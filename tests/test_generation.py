@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+import fixtures
+import mer
 from mer.model import _stop_scan
 
 
@@ -76,3 +79,46 @@ def test_generate_seeded_sampling_repeatable(smollm2):
 def test_generate_rejects_empty_prompt(smollm2):
     with pytest.raises(ValueError, match="empty"):
         smollm2.generate("")
+
+
+def test_generate_stop_as_one_string(smollm2):
+    # Greedy text is " Paris.\n\nThe United States has ...". Read as single characters, the stop
+    # string would end it at the first space.
+    generation = smollm2.generate("The capital of France is", max_tokens=16, temperature=0, stop=" United")
+    text = "".join(generation)
+    assert generation.stop_reason == "stop"
+    assert text == " Paris.\n\nThe"
+
+
+@pytest.mark.parametrize("arguments", [{"max_tokens": 1.5}, {"max_tokens": True}])
+def test_generate_rejects_non_integer_max_tokens(smollm2, arguments):
+    with pytest.raises(ValueError, match="max_tokens must be an integer"):
+        smollm2.generate("Hello", **arguments)
+
+
+def test_generate_rejects_non_integer_token_id(smollm2):
+    with pytest.raises(ValueError, match="a prompt token id must be an integer, got 1.5"):
+        smollm2.generate([1.5])
+
+
+def test_model_rejects_absurd_thread_count(smollm2_file):
+    with pytest.raises(ValueError, match="threads must be an integer from 1 to 1024"):
+        mer.Model(smollm2_file, threads=2**64)
+
+
+def test_generate_skips_padding_rows(tmp_path):
+    # The output rows past the tokenizer's tokens are scaled up so that their logits win greedy
+    # decoding unless generation leaves them out.
+    config = fixtures.config_for_kind("dense")
+    tokenizer = fixtures.build_tokenizer()
+    n_tokens = len(tokenizer.tokens)
+    weights = fixtures.build_llama_weights(config, n_tokens + 8)
+    weights["output.weight"][n_tokens:] *= 50
+    path = fixtures.write_weights_gguf(tmp_path / "padded.gguf", weights, config, tokenizer=tokenizer, extra_rows=8)
+    model = mer.Model(path, threads=1)
+    assert model.n_vocab == n_tokens + 8
+    assert int(np.argmax(model.logits([1, 2])[-1])) >= n_tokens
+    generation = model.generate([1, 2], max_tokens=4, temperature=0)
+    list(generation)
+    assert generation.generated_ids
+    assert all(token < n_tokens for token in generation.generated_ids)

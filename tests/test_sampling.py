@@ -88,9 +88,18 @@ def test_top_k_one_equals_greedy():
     "field, value",
     [
         ("temperature", -0.1), ("top_k", -1), ("top_p", 0.0), ("top_p", 1.5), ("min_p", -0.5),
-        ("repeat_penalty", 0.0), ("seed", -1), ("seed", True),
+        ("repeat_penalty", 0.0), ("seed", -1), ("seed", True), ("temperature", float("nan")),
+        ("temperature", float("inf")), ("repeat_penalty", float("nan")), ("top_k", 1.5), ("repeat_last_n", 2.5),
     ],
 )
 def test_invalid_settings_raise(field, value):
     with pytest.raises(ValueError, match=field):
         Sampler(SamplerSettings(**{field: value}))
+
+
+def test_tiny_temperature_and_penalty_stay_finite():
+    logits = np.array([1.0, 3.0, 2.0, 3.0])
+    cold = Sampler(SamplerSettings(temperature=1e-320, top_k=0, top_p=1.0, min_p=0.0, seed=0))
+    assert cold.sample(logits) in (1, 3)
+    harsh = Sampler(SamplerSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1e-320, seed=0))
+    assert harsh.sample(logits, history=[0]) == 0

@@ -218,11 +218,14 @@ def _check_lengths(model: Model, settings: BenchSettings, text_tokens: int) -> N
     """Raise ValueError unless the prompt and decode tokens fit in the text and the context."""
     needed = settings.prompt_tokens + settings.tokens
     if needed > text_tokens:
-        allowed = max(text_tokens - settings.prompt_tokens, 0)
+        allowed = text_tokens - settings.prompt_tokens
+        if allowed >= 1:
+            remedy = f"Pass --tokens {allowed} or less, fewer --prompt-tokens, or a longer --text"
+        else:
+            remedy = f"Pass --prompt-tokens {max(text_tokens - 1, 1)} or less, or a longer --text"
         raise ValueError(
             f"--tokens {settings.tokens} is more than the text allows: its {text_tokens} tokens minus "
-            f"{settings.prompt_tokens} prompt tokens leave {allowed} decode tokens. Pass --tokens {allowed} or less, "
-            "fewer --prompt-tokens, or a longer --text"
+            f"{settings.prompt_tokens} prompt tokens leave {max(allowed, 0)} decode tokens. {remedy}"
         )
     n_ctx = model.config["n_ctx"]
     if needed > n_ctx:

@@ -95,7 +95,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     text, text_source = BENCH_TEXT, BUILT_IN_TEXT
     if args.text:
-        text, text_source = Path(args.text).read_text(encoding="utf-8"), args.text
+        try:
+            text, text_source = Path(args.text).read_text(encoding="utf-8"), args.text
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{args.text}: --text must be UTF-8, but byte {e.start} is not: {e.reason}") from None
     settings = BenchSettings(
         model=resolve_model_path(args.model),
         text=text,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -21,6 +22,10 @@ from .sampling import Sampler, SamplerSettings
 from .tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger("mer")
+
+# The largest accepted thread count. The core starts every thread it is given, so a larger count is
+# taken for a typing mistake.
+MAX_THREADS = 1024
 
 # Each generation's id, which the core checks so that one generation cannot continue in a context
 # that another has reset.
@@ -50,8 +55,10 @@ class Model:
         prefetch: bool = True,
         trace: str | os.PathLike[str] | None = None,
     ) -> None:
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS
+        ):
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}")
         cpus = os.cpu_count() or 1
         if threads is not None and threads > cpus:
             log.warning("%d threads on %d CPUs: the extra threads only wait for a CPU, so decoding will be "
@@ -62,7 +69,12 @@ class Model:
         self.metadata: dict[str, Any] = self._core.metadata
         self.config: dict[str, Any] = self._core.config
         self.tokenizer = Tokenizer.from_metadata(self.metadata, source=str(self.path))
-        if self.tokenizer.n_vocab != self.config["n_vocab"]:
+        if self.tokenizer.n_vocab < self.config["n_vocab"]:
+            log.warning(
+                "%s: the tokenizer has %d tokens but the embedding has %d rows; generation samples only "
+                "among the first %d", self.path, self.tokenizer.n_vocab, self.config["n_vocab"], self.tokenizer.n_vocab,
+            )
+        elif self.tokenizer.n_vocab > self.config["n_vocab"]:
             log.warning(
                 "%s: the tokenizer has %d tokens but the embedding has %d rows",
                 self.path, self.tokenizer.n_vocab, self.config["n_vocab"],
@@ -119,13 +131,15 @@ class Model:
         `Generation` is an iterator of text pieces; after it is exhausted, its `prompt_ids`,
         `generated_ids`, `text` and `stop_reason` describe the run.
         """
-        if max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        if isinstance(stop, str):
+            stop = [stop]
         settings = SamplerSettings(
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
             repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
         )
-        prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else [_token_id(t) for t in prompt]
         if not prompt_ids:
             raise ValueError("the prompt is empty: it has no tokens to start from")
         log.debug("prompt: %d tokens %s; sampling: %s; stop strings: %r", len(prompt_ids), prompt_ids, settings, list(stop))
@@ -188,7 +202,8 @@ class Generation:
             if len(self.generated_ids) >= self._max_tokens:
                 self.stop_reason = "length"
                 break
-            token = self._sampler.sample(logits, history)
+            # Embedding rows past the tokenizer's tokens have no text, so they are never sampled.
+            token = self._sampler.sample(logits[: model.tokenizer.n_vocab], history)
             if token in eog:
                 self.stop_reason = "eog"
                 break
@@ -228,6 +243,14 @@ class Generation:
     def log_summary(self) -> None:
         """Log the run summary at INFO: tokens/s per phase, expert hits, I/O and memory."""
         _log_summary(self._model.stats(), self.stop_reason)
+
+
+def _token_id(value: Any) -> int:
+    """Return `value` as a token id, raising ValueError for anything but an integer."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"a prompt token id must be an integer, got {value!r}") from None
 
 
 def _check_finite(logits: np.ndarray) -> np.ndarray:

@@ -7,10 +7,13 @@ the repetition penalty, with ties going to the lowest token id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 @dataclass(frozen=True)
@@ -27,20 +30,21 @@ class SamplerSettings:
 
     def validate(self) -> None:
         """Raise ValueError for a setting outside its valid range."""
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        # Each comparison is written so that NaN fails it.
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p}")
-        if self.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be > 0 (1 disables it), got {self.repeat_penalty}")
+        if not 0 < self.repeat_penalty < math.inf:
+            raise ValueError(f"repeat_penalty must be a finite number > 0 (1 disables it), got {self.repeat_penalty}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
-        if self.repeat_last_n < 0:
-            raise ValueError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+        if isinstance(self.repeat_last_n, bool) or not isinstance(self.repeat_last_n, int) or self.repeat_last_n < 0:
+            raise ValueError(f"repeat_last_n must be an integer >= 0, got {self.repeat_last_n!r}")
 
 
 class Sampler:
@@ -57,6 +61,8 @@ class Sampler:
         s = self.settings
         scores = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
         apply_repeat_penalty(scores, history, s.repeat_penalty, s.repeat_last_n)
+        # A tiny penalty can push a score to infinity, and inf - inf below would be NaN.
+        np.clip(scores, -FLOAT_MAX, FLOAT_MAX, out=scores)
         if s.temperature <= 0:
             return int(np.argmax(scores))
 
@@ -79,7 +85,10 @@ class Sampler:
             keep = kept >= kept[0] + np.log(s.min_p)
             candidates, kept = candidates[keep], kept[keep]
 
-        probs = softmax(kept / s.temperature)
+        # Subtracting the top score first keeps a tiny temperature from dividing to inf - inf. The
+        # other scores may overflow to -inf, which softmax turns into probability 0.
+        with np.errstate(over="ignore"):
+            probs = softmax((kept - kept[0]) / s.temperature)
         return int(candidates[self._rng.choice(candidates.size, p=probs)])
 
 
@@ -91,7 +100,8 @@ def apply_repeat_penalty(scores: np.ndarray, history: Sequence[int], penalty: fl
     recent = np.unique(np.asarray(history[-last_n:], dtype=np.int64))
     recent = recent[(recent >= 0) & (recent < scores.size)]
     values = scores[recent]
-    scores[recent] = np.where(values > 0, values / penalty, values * penalty)
+    with np.errstate(over="ignore"):
+        scores[recent] = np.where(values > 0, values / penalty, values * penalty)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
