@@ -493,3 +493,29 @@ def test_malformed_metadata_names_file_and_key(
     assert message.startswith("broken.gguf: ")
     assert repr(key) in message
     assert expected in message
+
+
+# Templates that fail at compile time or render time, with the error type that the message must
+# name. The sandbox raises SecurityError for the unsafe attribute.
+BROKEN_CHAT_TEMPLATES = {
+    "syntax error": ("{% if %}", "TemplateSyntaxError"),
+    "nesting too deep": ("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}", "RecursionError"),
+    "division by zero": ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    "string plus int": ("{{ messages[0]['content'] + 1 }}", "TypeError"),
+    "recursive macro": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    "unsafe attribute": ("{{ ''.__class__.__mro__[1] }}", "SecurityError"),
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "error_name"), BROKEN_CHAT_TEMPLATES.values(), ids=BROKEN_CHAT_TEMPLATES
+)
+def test_broken_chat_template_raises(template: str, error_name: str) -> None:
+    metadata = {**spm_metadata(), "tokenizer.chat_template": template}
+    tokenizer = Tokenizer.from_metadata(metadata, source="broken.gguf")
+    with pytest.raises(ChatTemplateError) as raised:
+        tokenizer.render_chat([{"role": "user", "content": "Hi"}])
+    message = str(raised.value)
+    assert message.startswith("broken.gguf: ")
+    assert "tokenizer.chat_template" in message
+    assert error_name in message

@@ -435,11 +435,18 @@ class Tokenizer:
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
         }
+        # NOTE: the sandbox sets no time or memory limit, so a template that loops for a very
+        # long time blocks this call.
         try:
             return template.render(context)
-        except jinja2.TemplateError as error:
+        except ChatTemplateError:
+            raise  # from raise_exception() in the template, whose message names the source
+        except Exception as error:
+            # The template comes from the model file and is untrusted, so every error that
+            # rendering raises, such as ZeroDivisionError or RecursionError, becomes this one.
             raise ChatTemplateError(
-                f"{self._source}: rendering tokenizer.chat_template failed: {error}"
+                f"{self._source}: rendering tokenizer.chat_template failed: "
+                f"{type(error).__name__}: {error}"
             ) from error
 
     def _check_id(self, token_id: int) -> int:
@@ -487,9 +494,11 @@ class Tokenizer:
         environment.globals["strftime_now"] = strftime_now
         try:
             self._compiled_template = environment.from_string(self._chat_template)
-        except jinja2.TemplateError as error:
+        except Exception as error:
+            # Besides syntax errors, deeply nested expressions raise RecursionError here.
             raise ChatTemplateError(
-                f"{self._source}: tokenizer.chat_template is not a valid Jinja template: {error}"
+                f"{self._source}: tokenizer.chat_template is not a valid Jinja template: "
+                f"{type(error).__name__}: {error}"
             ) from error
         return self._compiled_template
 
