@@ -519,3 +519,24 @@ def test_broken_chat_template_raises(template: str, error_name: str) -> None:
     assert message.startswith("broken.gguf: ")
     assert "tokenizer.chat_template" in message
     assert error_name in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("caf\udce9", "byte 0xE9 at character offset 3 is not part of a UTF-8 character"),
+        ("ok \ud800 then", "character offset 3 is the lone surrogate U+D800"),
+    ],
+    ids=["surrogate escape", "lone surrogate"],
+)
+def test_encode_invalid_utf8_raises(spm: Tokenizer, text: str, expected: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        spm.encode(text)
+    message = str(raised.value)
+    assert message.startswith("text is not valid UTF-8: ")
+    assert expected in message
+
+
+def test_encode_bytes_raises_type_error(spm: Tokenizer) -> None:
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        spm.encode(b"abc")  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ from .errors import MerError, ModelFormatError, UnsupportedModelError
 
 logger = logging.getLogger("mer")
 
-__all__ = ["ChatTemplateError", "StreamDecoder", "Tokenizer", "TokenType"]
+__all__ = ["ChatTemplateError", "StreamDecoder", "Tokenizer", "TokenType", "validate_utf8"]
 
 
 class ChatTemplateError(MerError):
@@ -179,6 +179,29 @@ def _first_non_utf8_offset(text: str) -> int | None:
     except UnicodeEncodeError as error:
         return error.start
     return None
+
+
+def validate_utf8(text: str, name: str) -> None:
+    """Raise ValueError unless ``text`` can be encoded as UTF-8, which fails only for surrogates.
+
+    The message starts with ``name`` and gives the offset of the first surrogate, and for a
+    surrogate escape the byte that it replaced. Raises TypeError when ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    offset = _first_non_utf8_offset(text)
+    if offset is None:
+        return
+
+    code_point = ord(text[offset])
+    if 0xDC80 <= code_point <= 0xDCFF:
+        problem = (
+            f"byte 0x{code_point - 0xDC00:02X} at character offset {offset} "
+            "is not part of a UTF-8 character"
+        )
+    else:
+        problem = f"character offset {offset} is the lone surrogate U+{code_point:04X}"
+    raise ValueError(f"{name} is not valid UTF-8: {problem}. Convert the text to UTF-8 first.")
 
 
 def _as_integer(value: Any) -> int | None:
@@ -381,8 +404,10 @@ class Tokenizer:
         With ``add_special``, BOS and EOS are added as the model's ``add_bos_token`` and
         ``add_eos_token`` request. With ``parse_special``, the text of a control token such as
         "<|im_end|>" becomes that token. Without it, such text is tokenized as plain text.
-        User-defined tokens are matched in either case, as llama.cpp does.
+        User-defined tokens are matched in either case, as llama.cpp does. Raises ValueError when
+        ``text`` is not valid UTF-8, such as a string with surrogate escapes from ``sys.argv``.
         """
+        validate_utf8(text, "text")
         with self._backend_lock:
             self._backend.encode_special_tokens = not parse_special
             ids = self._backend.encode(text, add_special_tokens=False).ids
