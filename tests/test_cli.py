@@ -128,3 +128,21 @@ def test_threads_above_cpu_count_warns(tmp_path):
     result = run_mer("generate", "--model", str(path), "--prompt", "hi", "-n", "1", "--threads", str(threads))
     assert result.returncode == 0, result.stderr
     assert f"{threads} threads on" in result.stderr
+
+
+# "caf" and the byte 0xE9, which is not UTF-8. fsdecode() escapes the byte as U+DCE9, and
+# subprocess encodes it back, so the child gets the bytes that "$(printf 'caf\xe9')" gives.
+NOT_UTF8 = os.fsdecode(b"caf\xe9")
+
+
+@pytest.mark.parametrize("option, extra", [("--prompt", []), ("--system", ["--chat"]), ("--stop", [])])
+def test_invalid_utf8_option_is_clear_error(smollm2_file, option, extra):
+    args = ["generate", "--model", str(smollm2_file), "-n", "3", *extra]
+    if option != "--prompt":
+        args += ["--prompt", "hi"]
+    result = run_mer(*args, option, NOT_UTF8)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {option} is not valid UTF-8: ")
+    assert "byte 0xE9 at character offset 3" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

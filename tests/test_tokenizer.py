@@ -8,12 +8,13 @@ llama.cpp's output (through llama-cpp-python 0.3.36) on a GGUF file holding that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mer.errors import MerError, UnsupportedModelError
+from mer.errors import MerError, ModelFormatError, UnsupportedModelError
 from mer.tokenizer import ChatTemplateError, StreamDecoder, Tokenizer
 
 gguf = pytest.importorskip("gguf")
@@ -387,3 +388,155 @@ def test_unsupported_tokenizer_model_in_synthetic_vocab_raises() -> None:
     metadata = {**spm_metadata(), "tokenizer.ggml.model": "t5"}
     with pytest.raises(UnsupportedModelError, match="'t5'"):
         Tokenizer.from_metadata(metadata, source="synthetic-spm")
+
+
+def spm_tokens_with(token_id: int, text: str) -> list[str]:
+    """Return the tokens of spm_metadata() with one token's text replaced."""
+    tokens = list(spm_metadata()["tokenizer.ggml.tokens"])
+    tokens[token_id] = text
+    return tokens
+
+
+def gpt2_metadata() -> dict[str, Any]:
+    """Build the metadata of a three-token ``gpt2`` tokenizer by hand."""
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": ["a", "b", "ab"],
+        "tokenizer.ggml.token_type": [1, 1, 1],
+        "tokenizer.ggml.merges": ["a b"],
+    }
+
+
+def test_hand_built_gpt2_encodes() -> None:
+    tokenizer = Tokenizer.from_metadata(gpt2_metadata(), source="synthetic-gpt2")
+    assert tokenizer.encode("abba") == [2, 1, 0]
+
+
+SPM_N_VOCAB = len(spm_metadata()["tokenizer.ggml.tokens"])
+
+# Each case takes the metadata that a builder returns, replaces one key or adds it when it is
+# absent, and gives the text that the error must contain besides the file and the key.
+MALFORMED_METADATA = {
+    "byte token without <0x": (
+        spm_metadata, "tokenizer.ggml.tokens", spm_tokens_with(SPM_BYTE_BASE, "AB"),
+        "entry 4 (str 'AB')",
+    ),
+    "byte token bad hex": (
+        spm_metadata, "tokenizer.ggml.tokens", spm_tokens_with(SPM_BYTE_BASE + 1, "<0xZZ>"),
+        "not spelled <0xNN>",
+    ),
+    "byte token one digit": (
+        spm_metadata, "tokenizer.ggml.tokens", spm_tokens_with(SPM_BYTE_BASE + 2, "<0x7>"),
+        "not spelled <0xNN>",
+    ),
+    "token not a string": (
+        spm_metadata, "tokenizer.ggml.tokens", [b"<unk>"], "entry 0 (bytes b'<unk>')",
+    ),
+    "token lone surrogate": (
+        spm_metadata, "tokenizer.ggml.tokens", spm_tokens_with(SPM_TOOL_ID, "<tool\udce9>"),
+        "not valid UTF-8",
+    ),
+    "no tokens": (spm_metadata, "tokenizer.ggml.tokens", [], "is empty"),
+    "scores as strings": (
+        spm_metadata, "tokenizer.ggml.scores", ["x"] * SPM_N_VOCAB, "entry 0 (str 'x')",
+    ),
+    "scores nested": (
+        spm_metadata, "tokenizer.ggml.scores", [[0.0]] * SPM_N_VOCAB, "must be a number",
+    ),
+    "scores as bools": (
+        spm_metadata, "tokenizer.ggml.scores", [False] * SPM_N_VOCAB, "must be a number",
+    ),
+    "scores too few": (spm_metadata, "tokenizer.ggml.scores", [0.0] * 3, "has 3 entries"),
+    "scores not an array": (spm_metadata, "tokenizer.ggml.scores", 0.0, "must be an array"),
+    "token types as strings": (
+        spm_metadata, "tokenizer.ggml.token_type", ["1"] * SPM_N_VOCAB,
+        "must be an integer token type",
+    ),
+    "token types as floats": (
+        spm_metadata, "tokenizer.ggml.token_type", [1.5] * SPM_N_VOCAB, "entry 0 (float 1.5)",
+    ),
+    "token types nested": (
+        spm_metadata, "tokenizer.ggml.token_type", [[1]] * SPM_N_VOCAB,
+        "must be an integer token type",
+    ),
+    "token types too many": (
+        spm_metadata, "tokenizer.ggml.token_type", [1] * (SPM_N_VOCAB + 1), "has 270 entries",
+    ),
+    "token id as bool": (
+        spm_metadata, "tokenizer.ggml.unknown_token_id", True, "must be an integer token id",
+    ),
+    "merge not a string": (
+        gpt2_metadata, "tokenizer.ggml.merges", [1], "entry 0 (int 1) must be a string",
+    ),
+    "merge without space": (
+        gpt2_metadata, "tokenizer.ggml.merges", ["ab"], "entry 0 (str 'ab') is not two tokens",
+    ),
+    "merges nested": (gpt2_metadata, "tokenizer.ggml.merges", [["a", "b"]], "must be a string"),
+    "merges not an array": (gpt2_metadata, "tokenizer.ggml.merges", "a b", "must be an array"),
+    "gpt2 token types as strings": (
+        gpt2_metadata, "tokenizer.ggml.token_type", ["1", "1", "1"], "entry 0 (str '1')",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("build", "key", "value", "expected"), MALFORMED_METADATA.values(), ids=MALFORMED_METADATA
+)
+def test_malformed_metadata_names_file_and_key(
+    build: Callable[[], dict[str, Any]], key: str, value: Any, expected: str
+) -> None:
+    metadata = {**build(), key: value}
+    with pytest.raises(ModelFormatError) as raised:
+        Tokenizer.from_metadata(metadata, source="broken.gguf")
+    message = str(raised.value)
+    assert message.startswith("broken.gguf: ")
+    assert repr(key) in message
+    assert expected in message
+
+
+# Templates that fail at compile time or render time, with the error type that the message must
+# name. The sandbox raises SecurityError for the unsafe attribute.
+BROKEN_CHAT_TEMPLATES = {
+    "syntax error": ("{% if %}", "TemplateSyntaxError"),
+    "nesting too deep": ("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}", "RecursionError"),
+    "division by zero": ("{{ 1 // 0 }}", "ZeroDivisionError"),
+    "string plus int": ("{{ messages[0]['content'] + 1 }}", "TypeError"),
+    "recursive macro": ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    "unsafe attribute": ("{{ ''.__class__.__mro__[1] }}", "SecurityError"),
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "error_name"), BROKEN_CHAT_TEMPLATES.values(), ids=BROKEN_CHAT_TEMPLATES
+)
+def test_broken_chat_template_raises(template: str, error_name: str) -> None:
+    metadata = {**spm_metadata(), "tokenizer.chat_template": template}
+    tokenizer = Tokenizer.from_metadata(metadata, source="broken.gguf")
+    with pytest.raises(ChatTemplateError) as raised:
+        tokenizer.render_chat([{"role": "user", "content": "Hi"}])
+    message = str(raised.value)
+    assert message.startswith("broken.gguf: ")
+    assert "tokenizer.chat_template" in message
+    assert error_name in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("caf\udce9", "byte 0xE9 at character offset 3 is not part of a UTF-8 character"),
+        ("ok \ud800 then", "character offset 3 is the lone surrogate U+D800"),
+    ],
+    ids=["surrogate escape", "lone surrogate"],
+)
+def test_encode_invalid_utf8_raises(spm: Tokenizer, text: str, expected: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        spm.encode(text)
+    message = str(raised.value)
+    assert message.startswith("text is not valid UTF-8: ")
+    assert expected in message
+
+
+def test_encode_bytes_raises_type_error(spm: Tokenizer) -> None:
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        spm.encode(b"abc")  # type: ignore[arg-type]

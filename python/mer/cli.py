@@ -238,6 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from .model import Model
+    from .tokenizer import validate_utf8
+
+    # Python decodes command-line bytes that are not UTF-8 into surrogate escapes. Checked here,
+    # the error names the option. The tokenizer's own check would give an offset into the
+    # rendered chat prompt instead.
+    validate_utf8(args.prompt, "--prompt")
+    if args.system is not None:
+        validate_utf8(args.system, "--system")
+    for stop in args.stop:
+        validate_utf8(stop, "--stop")
 
     model = Model(
         args.model, threads=args.threads, ram_budget=args.ram_budget, io_backend=args.io_backend,

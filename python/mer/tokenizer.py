@@ -20,7 +20,10 @@ import codecs
 import enum
 import json
 import logging
+import numbers
 import operator
+import re
+import reprlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from .errors import MerError, ModelFormatError, UnsupportedModelError
 
 logger = logging.getLogger("mer")
 
-__all__ = ["ChatTemplateError", "StreamDecoder", "Tokenizer", "TokenType"]
+__all__ = ["ChatTemplateError", "StreamDecoder", "Tokenizer", "TokenType", "validate_utf8"]
 
 
 class ChatTemplateError(MerError):
@@ -161,6 +164,55 @@ def _gpt2_unicode_to_byte() -> dict[str, int]:
 
 _GPT2_UNICODE_TO_BYTE = _gpt2_unicode_to_byte()
 
+# Spelling of a llama tokenizer's byte tokens, such as "<0x0A>".
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _first_non_utf8_offset(text: str) -> int | None:
+    """Return the offset of the first character that UTF-8 cannot encode, or None.
+
+    Only surrogates (U+D800 to U+DFFF) are such characters. Python decodes undecodable bytes
+    with ``errors="surrogateescape"``, for example in ``sys.argv``, into U+DC80 to U+DCFF.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def validate_utf8(text: str, name: str) -> None:
+    """Raise ValueError unless ``text`` can be encoded as UTF-8, which fails only for surrogates.
+
+    The message starts with ``name`` and gives the offset of the first surrogate, and for a
+    surrogate escape the byte that it replaced. Raises TypeError when ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    offset = _first_non_utf8_offset(text)
+    if offset is None:
+        return
+
+    code_point = ord(text[offset])
+    if 0xDC80 <= code_point <= 0xDCFF:
+        problem = (
+            f"byte 0x{code_point - 0xDC00:02X} at character offset {offset} "
+            "is not part of a UTF-8 character"
+        )
+    else:
+        problem = f"character offset {offset} is the lone surrogate U+{code_point:04X}"
+    raise ValueError(f"{name} is not valid UTF-8: {problem}. Convert the text to UTF-8 first.")
+
+
+def _as_integer(value: Any) -> int | None:
+    """Return ``value`` as an int, or None when it is not an integer. A bool is not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
 
 class _Metadata:
     """Typed access to the GGUF metadata mapping, with errors that name the key and the file."""
@@ -191,13 +243,16 @@ class _Metadata:
         value = self._metadata.get(key, default)
         if value is None:
             return None
-        try:
-            token_id = operator.index(value)
-        except TypeError:
+        token_id = _as_integer(value)
+        if token_id is None:
             self.fail(key, f"must be an integer token id, got {type(value).__name__} {value!r}")
         if not 0 <= token_id < n_vocab:
             self.fail(key, f"is {token_id}, outside the vocabulary of {n_vocab} tokens")
         return token_id
+
+    def fail_entry(self, key: str, index: int, value: Any, problem: str) -> NoReturn:
+        # reprlib shortens a long value, such as a nested array, to a readable length.
+        self.fail(key, f"entry {index} ({type(value).__name__} {reprlib.repr(value)}) {problem}")
 
     def array(self, key: str, length: int | None = None) -> list[Any]:
         if key not in self._metadata:
@@ -298,7 +353,10 @@ class Tokenizer:
             meta.fail("tokenizer.ggml.eos_token_id", "is missing, but add_eos_token is true")
 
         eog_ids = _read_eog_ids(meta, tokens, token_types, eos_id)
-        pieces = [_token_piece(text, kind, model) for text, kind in zip(tokens, token_types)]
+        pieces = [
+            _token_piece(meta, token_id, text, kind, model)
+            for token_id, (text, kind) in enumerate(zip(tokens, token_types))
+        ]
 
         return cls(
             backend=backend,
@@ -346,8 +404,10 @@ class Tokenizer:
         With ``add_special``, BOS and EOS are added as the model's ``add_bos_token`` and
         ``add_eos_token`` request. With ``parse_special``, the text of a control token such as
         "<|im_end|>" becomes that token. Without it, such text is tokenized as plain text.
-        User-defined tokens are matched in either case, as llama.cpp does.
+        User-defined tokens are matched in either case, as llama.cpp does. Raises ValueError when
+        ``text`` is not valid UTF-8, such as a string with surrogate escapes from ``sys.argv``.
         """
+        validate_utf8(text, "text")
         with self._backend_lock:
             self._backend.encode_special_tokens = not parse_special
             ids = self._backend.encode(text, add_special_tokens=False).ids
@@ -400,11 +460,18 @@ class Tokenizer:
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
         }
+        # NOTE: the sandbox sets no time or memory limit, so a template that loops for a very
+        # long time blocks this call.
         try:
             return template.render(context)
-        except jinja2.TemplateError as error:
+        except ChatTemplateError:
+            raise  # from raise_exception() in the template, whose message names the source
+        except Exception as error:
+            # The template comes from the model file and is untrusted, so every error that
+            # rendering raises, such as ZeroDivisionError or RecursionError, becomes this one.
             raise ChatTemplateError(
-                f"{self._source}: rendering tokenizer.chat_template failed: {error}"
+                f"{self._source}: rendering tokenizer.chat_template failed: "
+                f"{type(error).__name__}: {error}"
             ) from error
 
     def _check_id(self, token_id: int) -> int:
@@ -452,9 +519,11 @@ class Tokenizer:
         environment.globals["strftime_now"] = strftime_now
         try:
             self._compiled_template = environment.from_string(self._chat_template)
-        except jinja2.TemplateError as error:
+        except Exception as error:
+            # Besides syntax errors, deeply nested expressions raise RecursionError here.
             raise ChatTemplateError(
-                f"{self._source}: tokenizer.chat_template is not a valid Jinja template: {error}"
+                f"{self._source}: tokenizer.chat_template is not a valid Jinja template: "
+                f"{type(error).__name__}: {error}"
             ) from error
         return self._compiled_template
 
@@ -506,31 +575,37 @@ class StreamDecoder:
 
 
 def _read_tokens(meta: _Metadata) -> list[str]:
-    tokens = meta.array("tokenizer.ggml.tokens")
+    key = "tokenizer.ggml.tokens"
+    tokens = meta.array(key)
+    if not tokens:
+        meta.fail(key, "is empty")
     seen: dict[str, int] = {}
     for token_id, text in enumerate(tokens):
         if not isinstance(text, str):
-            meta.fail("tokenizer.ggml.tokens", f"has a {type(text).__name__} at index {token_id}")
+            meta.fail_entry(key, token_id, text, "must be a string")
+        if _first_non_utf8_offset(text) is not None:
+            meta.fail_entry(key, token_id, text, "is not valid UTF-8")
         if not text:
             # llama.cpp gives empty tokens the same placeholder text.
             text = f"[EMPTY_{token_id}]"
             tokens[token_id] = text
         if text in seen:
-            meta.fail(
-                "tokenizer.ggml.tokens",
-                f"has the token {text!r} twice, at ids {seen[text]} and {token_id}",
-            )
+            meta.fail(key, f"has the token {text!r} twice, at ids {seen[text]} and {token_id}")
         seen[text] = token_id
     return tokens
 
 
 def _read_token_types(meta: _Metadata, n_vocab: int) -> list[TokenType]:
-    if not meta.has("tokenizer.ggml.token_type"):
+    key = "tokenizer.ggml.token_type"
+    if not meta.has(key):
         return [TokenType.NORMAL] * n_vocab
     token_types = []
-    for token_id, value in enumerate(meta.array("tokenizer.ggml.token_type", n_vocab)):
+    for token_id, value in enumerate(meta.array(key, n_vocab)):
+        number = _as_integer(value)
+        if number is None:
+            meta.fail_entry(key, token_id, value, "must be an integer token type")
         try:
-            token_types.append(TokenType(value))
+            token_types.append(TokenType(number))
         except ValueError:
             # llama.cpp treats an unknown type as undefined, which decodes to nothing.
             logger.debug("token %d has unknown token type %r", token_id, value)
@@ -578,11 +653,14 @@ def _build_gpt2_backend(
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     n_unusable = 0
-    for rank, line in enumerate(meta.array("tokenizer.ggml.merges")):
+    key = "tokenizer.ggml.merges"
+    for rank, line in enumerate(meta.array(key)):
+        if not isinstance(line, str):
+            meta.fail_entry(key, rank, line, "must be a string")
         # llama.cpp splits at the first space after the first character.
-        split = line.find(" ", 1) if isinstance(line, str) else -1
+        split = line.find(" ", 1)
         if split < 0:
-            meta.fail("tokenizer.ggml.merges", f"entry {rank} {line!r} is not two tokens")
+            meta.fail_entry(key, rank, line, "is not two tokens separated by a space")
         pair = (line[:split], line[split + 1 :])
         if pair in seen:
             continue  # llama.cpp keeps the rank of the first occurrence.
@@ -615,8 +693,7 @@ def _build_spm_backend(
     add_space_prefix: bool,
     unk_id: int | None,
 ) -> HFTokenizer:
-    scores = meta.array("tokenizer.ggml.scores", len(tokens))
-    merges = _spm_merges(tokens, token_types, [float(score) for score in scores], vocab)
+    merges = _spm_merges(tokens, token_types, _read_scores(meta, len(tokens)), vocab)
 
     if unk_id is None:
         unk_id = next((i for i, kind in enumerate(token_types) if kind == TokenType.UNKNOWN), None)
@@ -637,6 +714,16 @@ def _build_spm_backend(
     else:
         backend.normalizer = replace
     return backend
+
+
+def _read_scores(meta: _Metadata, n_vocab: int) -> list[float]:
+    key = "tokenizer.ggml.scores"
+    scores = []
+    for token_id, value in enumerate(meta.array(key, n_vocab)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            meta.fail_entry(key, token_id, value, "must be a number")
+        scores.append(float(value))
+    return scores
 
 
 def _spm_merges(
@@ -684,7 +771,7 @@ def _add_special_tokens(
     backend.add_tokens(user_defined)
 
 
-def _token_piece(text: str, kind: TokenType, model: str) -> bytes:
+def _token_piece(meta: _Metadata, token_id: int, text: str, kind: TokenType, model: str) -> bytes:
     """Return the bytes that one token decodes to, following llama.cpp's token_to_piece."""
     if kind in _ADDED_TYPES:
         return text.encode("utf-8")
@@ -693,8 +780,15 @@ def _token_piece(text: str, kind: TokenType, model: str) -> bytes:
     if kind == TokenType.NORMAL:
         return text.replace(_SPM_SPACE, " ").encode("utf-8")
     if kind == TokenType.BYTE and model == "llama":
-        # Byte tokens are spelled "<0xNN>".
-        return bytes([int(text[3:5], 16)])
+        match = _BYTE_TOKEN.fullmatch(text)
+        if match is None:
+            meta.fail_entry(
+                "tokenizer.ggml.tokens",
+                token_id,
+                text,
+                "has token type BYTE (6) in tokenizer.ggml.token_type, but is not spelled <0xNN>",
+            )
+        return bytes([int(match[1], 16)])
     return b""
 
 
