@@ -56,7 +56,7 @@ def test_logits_same_with_prefetch_on_and_off(routed_split, text_ids, slots):
 
 
 def test_wide_prefetch_at_minimum_budget_completes(routed_split, text_ids):
-    """Lookahead 4 with a margin of 6 asks for far more experts than the 3 slots hold: demand
+    """Lookahead 4 with a margin of 6 requests far more experts than 3 slots can contain. Demand
     reads must still get slots, and the logits must not change."""
     budget = slot_budget(routed_split, 3)
     expected = decode_logits(mer.Model(routed_split, threads=2, prefetch=False), text_ids)

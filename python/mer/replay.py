@@ -249,8 +249,9 @@ def _check_step(number: int, value: Any) -> tuple:
         # A 64-bit count has at most 19 digits, and the length check keeps int() fast.
         if not (key.isascii() and key.isdigit() and len(key) <= 19):
             raise _LineError(f"predicted has key {key[:40]!r}: keys must be layer numbers")
-        _require_count("a predicted layer", int(key))
-        predicted.append((int(key), _expert_list(f"predicted[{key!r}]", experts)))
+        layer = int(key)
+        _require_count("a predicted layer", layer)
+        predicted.append((layer, _expert_list(f"predicted[{key!r}]", experts)))
 
     prefetched = value["prefetched"]
     if not isinstance(prefetched, list):

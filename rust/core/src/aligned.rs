@@ -46,7 +46,7 @@ impl AlignedBuf {
     /// Maps anonymous memory: page-aligned and zero-filled by the kernel on first touch, so an
     /// unused slot costs no RAM. (`alloc_zeroed` with an alignment above 16 writes every byte.)
     ///
-    /// A mapping of at least one huge page starts on a huge-page boundary and asks for
+    /// A mapping of at least one huge page starts on a huge-page boundary and requests
     /// transparent huge pages: weights are read in long streams, and 4 KiB pages would cost a
     /// TLB miss every 4 KiB. The kernel ignores the request where huge pages are off.
     fn mapped(len: usize, layout: Layout) -> Option<Self> {

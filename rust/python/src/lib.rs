@@ -313,6 +313,8 @@ impl CoreModel {
     /// `expect_n_past` must equal the tokens already in the context. A mismatch means another
     /// caller changed the context, and raises MerError. Prompt tokens run in batches of up to 64,
     /// and Ctrl-C is honoured between batches.
+    // Python callers pass these as keywords, so the count of arguments costs no readability there.
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (tokens, all_logits=false, phase="prompt", reset=false, expect_n_past=None, owner=None))]
     fn eval<'py>(
         &self,

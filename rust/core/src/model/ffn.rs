@@ -24,7 +24,7 @@ type Route = Vec<(usize, f32)>;
 impl Model {
     /// Runs the FFN of `layer` on the normed inputs `xn` and returns its output, token after
     /// token. `x` is the residual stream the inputs were normed from. For a generated token,
-    /// the prefetcher guesses the coming layers' experts from it, and the reads it asks for
+    /// the prefetcher guesses the coming layers' experts from it, and the reads it requests
     /// start while this layer computes.
     pub(crate) fn feed_forward(
         &self,

@@ -19,7 +19,7 @@ use crate::quant::{by_input, Activation, MatRef, Products};
 
 impl Model {
     /// Runs `tokens` at positions `kv.len()` onwards and appends their keys and values to `kv`.
-    /// Returns the logits `logits` asks for, `n_vocab` floats per row. On an error, `kv` may
+    /// Returns the logits that `logits` requests, `n_vocab` floats per row. On an error, `kv` may
     /// hold partial rows of these tokens, which [`KvCache::truncate_partial`] removes.
     pub(crate) fn forward_batch(&self, kv: &mut KvCache, tokens: &[u32], logits: Logits, phase: Phase) -> Result<Vec<f32>> {
         let config = &self.config;

@@ -69,8 +69,8 @@ pub struct Model {
 }
 
 impl Model {
-    /// The most tokens one forward pass processes together. Larger prompts run in batches of
-    /// this size.
+    /// The maximum number of tokens one forward pass processes together. Larger prompts run in
+    /// batches of this size.
     pub const BATCH_TOKENS: usize = 64;
 
     /// Opens a GGUF model, checks every tensor it needs and reads the weights.

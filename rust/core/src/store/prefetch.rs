@@ -318,6 +318,18 @@ mod tests {
         clock
     }
 
+    /// Runs a pair of trials after the warm-up, with `with` and `without` seconds of I/O wait per
+    /// token, and returns the clock's state after them.
+    fn trial_outcome(with: f64, without: f64) -> Trial {
+        let mut clock = warmed_up_clock();
+        let mut wait = 0.0;
+        for _ in 0..=2 * TRIAL_TOKENS {
+            clock.next_token(wait, false);
+            wait += if clock.prefetch() { with } else { without };
+        }
+        clock.trial
+    }
+
     #[test]
     fn trials_keep_prefetching_only_when_it_waits_less() {
         let mut clock = warmed_up_clock();
@@ -335,22 +347,10 @@ mod tests {
         assert_eq!(clock.trial, Trial::Settled { prefetch: true });
 
         // A near tie keeps prefetching on.
-        let mut clock = warmed_up_clock();
-        let mut wait = 0.0;
-        for _ in 0..=2 * TRIAL_TOKENS {
-            clock.next_token(wait, false);
-            wait += if clock.prefetch() { 0.021 } else { 0.020 };
-        }
-        assert_eq!(clock.trial, Trial::Settled { prefetch: true });
+        assert_eq!(trial_outcome(0.021, 0.020), Trial::Settled { prefetch: true });
 
         // Waits of microseconds are a tie as well, whatever their ratio.
-        let mut clock = warmed_up_clock();
-        let mut wait = 0.0;
-        for _ in 0..=2 * TRIAL_TOKENS {
-            clock.next_token(wait, false);
-            wait += if clock.prefetch() { 2e-6 } else { 1e-6 };
-        }
-        assert_eq!(clock.trial, Trial::Settled { prefetch: true });
+        assert_eq!(trial_outcome(2e-6, 1e-6), Trial::Settled { prefetch: true });
 
         // Precise guesses skip the trials: the clock stays settled with prefetching.
         let mut clock = warmed_up_clock();
@@ -360,13 +360,7 @@ mod tests {
         }
 
         // Now prefetching is clearly the slower one.
-        let mut clock = warmed_up_clock();
-        let mut wait = 0.0;
-        for _ in 0..=2 * TRIAL_TOKENS {
-            clock.next_token(wait, false);
-            wait += if clock.prefetch() { 0.030 } else { 0.020 };
-        }
-        assert_eq!(clock.trial, Trial::Settled { prefetch: false });
+        assert_eq!(trial_outcome(0.030, 0.020), Trial::Settled { prefetch: false });
     }
 
     #[test]

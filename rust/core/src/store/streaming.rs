@@ -551,8 +551,8 @@ mod tests {
             let store = StreamingStore::open(&path, ranges.clone(), 2, &options).unwrap();
             store
                 .with_experts(0, &[0, 1], &[], &mut |w| {
-                    let wanted: Vec<ExpertId> = (2..8).map(|expert| ExpertId { layer: 0, expert }).collect();
-                    assert!(store.prefetch(&wanted).is_empty(), "a prefetch took the last free slot");
+                    let requested: Vec<ExpertId> = (2..8).map(|expert| ExpertId { layer: 0, expert }).collect();
+                    assert!(store.prefetch(&requested).is_empty(), "a prefetch took the last free slot");
                     assert_eq!(first_value(&w[0]), 0.0);
                     assert_eq!(first_value(&w[1]), 1.0);
                     Ok(())
@@ -581,8 +581,8 @@ mod tests {
         let store = StreamingStore::open(&path, ranges, 1, &options).unwrap();
         for round in 0..20 {
             // Fill every slot it may take with prefetches, some still loading, then demand others.
-            let wanted: Vec<ExpertId> = (0..8).map(|expert| ExpertId { layer: 0, expert: (expert + round) % 8 }).collect();
-            store.prefetch(&wanted);
+            let requested: Vec<ExpertId> = (0..8).map(|expert| ExpertId { layer: 0, expert: (expert + round) % 8 }).collect();
+            store.prefetch(&requested);
             for e in [(round + 5) % 8, (round + 7) % 8] {
                 store
                     .with_experts(0, &[e], &[], &mut |w| {

@@ -22,7 +22,7 @@ pub enum Status {
 /// One slot of the pool.
 #[derive(Clone, Debug)]
 pub struct Slot {
-    /// The expert the slot holds or is reading. `None` when empty, or when a cancelled
+    /// The expert in the slot or being read into it. `None` when empty, or when a cancelled
     /// prefetch is still finishing its reads.
     pub expert: Option<ExpertId>,
     pub status: Status,
@@ -131,7 +131,7 @@ impl SlotTable {
         Some((index, evicted))
     }
 
-    /// Records the end of the read into `index`: Ready, or Failed with `error`. A slot nobody
+    /// Records the end of the read into `index`: Ready, or Failed with `error`. A slot no request
     /// waits for empties at once on failure, and so does a cancelled prefetch.
     pub fn finish(&mut self, index: usize, result: Result<(), String>) {
         let slot = &mut self.slots[index];

@@ -192,7 +192,7 @@ impl PendingReads {
         self.chunks.is_empty()
     }
 
-    /// Takes the next chunk to read. The queue holds at most the chunks of a few experts, so a
+    /// Takes the next chunk to read. The queue contains at most the chunks of a few experts, so a
     /// scan for the first urgent one is cheap.
     pub fn pop(&mut self) -> Option<(ReadChunk, Arc<ReadJob>)> {
         loop {
